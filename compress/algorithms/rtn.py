@@ -1,0 +1,13 @@
+"""Round-to-nearest: codes from min/max (or MSE-searched) ranges, no data needed."""
+from __future__ import annotations
+
+import torch
+
+from compress.algorithms.grid import QuantSpec, compute_qparams, pad_columns, quantize
+
+
+def rtn_quantize(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes [N, Kp], scale [N, G], zero [N, G]) for a dense weight [N, K]."""
+    wp = pad_columns(w.detach().float(), spec.padded_in(w.shape[1]))
+    scale, zero = compute_qparams(wp, spec)
+    return quantize(wp, scale, zero, spec), scale, zero

@@ -1,0 +1,167 @@
+"""Compressed checkpoints: safetensors + config + tokenizer + manifest, written atomically.
+
+A checkpoint is a Hugging Face model directory (model.safetensors with the usual names, so a model
+with no packed modules loads in plain transformers) plus `compress.json`, which names the format
+and parameters of every packed module, and the resolved `recipe.yaml` and `report.json`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from compress.errors import CompressError
+from compress.formats import FORMATS, PackedLinear
+from compress.fsutil import atomic_dir
+from compress.select import set_module
+
+MANIFEST = "compress.json"
+WEIGHTS = "model.safetensors"
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def manifest_of(model: nn.Module, dtype: torch.dtype) -> dict[str, Any]:
+    """What the loader needs beyond config.json: packed modules and their specs."""
+    formats = {n: {"format": m.format, "spec": m.spec()} for n, m in model.named_modules() if isinstance(m, PackedLinear)}
+    return {"version": 1, "dtype": str(dtype).removeprefix("torch."), "formats": formats}
+
+
+def unique_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """State dict with tied tensors stored once and floating tensors cast to the storage dtype."""
+    seen: set[tuple[int, int]] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
+        if key in seen:
+            continue
+        seen.add(key)
+        t = t.detach()
+        out[name] = (t.to(dtype) if t.is_floating_point() else t).contiguous().cpu()
+    return out
+
+
+def round_to_storage(model: nn.Module, dtype: torch.dtype) -> None:
+    """Round saved floating tensors to what the checkpoint will hold, so the evaluated model is the saved one.
+
+    Only state-dict tensors: non-persistent buffers (rotary frequencies) are rebuilt at load, never saved.
+    """
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point() and t.dtype != dtype:
+                t.copy_(t.to(dtype).to(t.dtype))
+
+
+def write_dir(model: nn.Module, tokenizer: Any, d: Path, dtype: torch.dtype) -> None:
+    """Write weights, config, generation config, tokenizer and manifest into an existing directory."""
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    cfg.dtype = dtype
+    cfg.save_pretrained(d)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.save_pretrained(d)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(d)
+    save_file(unique_state(model, dtype), str(d / WEIGHTS), metadata={"format": "pt"})
+    (d / MANIFEST).write_text(json.dumps(manifest_of(model, dtype), indent=1))
+
+
+def save(model: nn.Module, tokenizer: Any, out: str | Path, *, dtype: torch.dtype | None = None,
+         recipe_yaml: str | None = None, report: dict | None = None, force: bool = False) -> Path:
+    """Save atomically: everything goes to a temporary sibling, renamed to `out` at the end."""
+    from compress.models import storage_dtype
+
+    out = Path(out)
+    dtype = dtype or storage_dtype(model)
+    with atomic_dir(out, force) as tmp:
+        write_dir(model, tokenizer, tmp, dtype)
+        if recipe_yaml is not None:
+            (tmp / "recipe.yaml").write_text(recipe_yaml)
+        if report is not None:
+            report.setdefault("size", {})["on_disk_bytes"] = (tmp / WEIGHTS).stat().st_size
+            (tmp / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    return out
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CompressError(f"{path / MANIFEST}: unreadable manifest: {e}") from None
+
+
+def load(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """Rebuild a model saved by `save`: same modules, same buffers, same logits."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from compress.models import STORAGE_ATTR, config_dtype, compute_dtype, default_device
+
+    path = Path(path)
+    if not (path / WEIGHTS).is_file():
+        raise CompressError(f"{path}: not a compress checkpoint (no {WEIGHTS})")
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or compute_dtype(device)
+    manifest = _read_manifest(path) if is_checkpoint(path) else {"formats": {}}
+    config = AutoConfig.from_pretrained(path)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    for name, entry in manifest["formats"].items():
+        if entry["format"] not in FORMATS:
+            raise CompressError(f"{path}: module {name} uses format {entry['format']!r}, unknown to this version; known: {', '.join(FORMATS)}")
+        lin = model.get_submodule(name)
+        cls = FORMATS[entry["format"]]
+        set_module(model, name, cls.from_spec(lin.in_features, lin.out_features, lin.bias is not None, dtype, entry["spec"]))
+    state = load_file(str(path / WEIGHTS))
+    own = model.state_dict()
+    state = {k: (v.to(own[k].dtype) if v.is_floating_point() and k in own else v) for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied and not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise CompressError(f"{path}: checkpoint does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model = model.to(device).eval()
+    setattr(model, STORAGE_ATTR, config_dtype(path))
+    return model
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def inspect(path: str | Path) -> dict[str, Any]:
+    """Per-module format and bytes on disk, read from the safetensors header (no weights loaded)."""
+    path = Path(path)
+    if not (path / WEIGHTS).is_file():
+        raise CompressError(f"{path}: not a checkpoint directory (no {WEIGHTS})")
+    formats = _read_manifest(path)["formats"] if is_checkpoint(path) else {}
+    modules: dict[str, dict[str, Any]] = {}
+    with safe_open(str(path / WEIGHTS), "pt") as f:
+        for key in f.keys():
+            sl = f.get_slice(key)
+            shape = sl.get_shape()
+            dt = sl.get_dtype()
+            nbytes = _DTYPE_BYTES.get(dt, 4) * int(torch.tensor(shape).prod().item() if shape else 1)
+            mod = key.rpartition(".")[0]
+            row = modules.setdefault(mod, {"format": "dense", "bytes": 0, "tensors": {}})
+            row["bytes"] += nbytes
+            row["tensors"][key.rpartition(".")[2]] = {"dtype": dt, "shape": shape}
+    for name, entry in formats.items():
+        if name in modules:
+            modules[name]["format"] = f"{entry['format']}:" + ",".join(f"{k}={v}" for k, v in entry["spec"].items())
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return {"path": str(path), "total_bytes": total, "weights_bytes": (path / WEIGHTS).stat().st_size, "modules": modules}
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}

@@ -1,0 +1,5 @@
+"""Formats: how compressed weights are stored (packed, on disk and in memory) and run."""
+from compress.formats.base import FORMATS, PackedLinear, register_format
+from compress.formats.quant_linear import QuantLinear
+
+__all__ = ["FORMATS", "PackedLinear", "QuantLinear", "register_format"]

@@ -1,0 +1,90 @@
+"""Weight-only integer quantization, really packed: int8 bytes, or two int4 codes per byte.
+
+Buffers: `qweight` (int8 [N, Kp] for 8 bits, codes shifted by -128; uint8 [N, Kp/2] for 4 bits,
+low nibble = even column), `scales` [N, G] and, when asymmetric, integer-valued `zeros` [N, G] in
+the compute dtype. Kp is K padded to whole groups (zeros beyond K never meet an input).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from compress.algorithms.grid import QuantSpec, dequantize
+from compress.formats.base import PackedLinear, register_format
+
+
+def pack_codes(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes [N, K] → storage: int8 (q - 128) for 8 bits, two nibbles per byte for 4 bits."""
+    if bits == 8:
+        return (q.to(torch.int16) - 128).to(torch.int8)
+    if bits == 4:
+        q = q.to(torch.uint8)
+        return q[:, 0::2] | (q[:, 1::2] << 4)
+    raise ValueError(f"bits={bits}: packed storage exists for 4 and 8")
+
+
+def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of `pack_codes`: uint8 codes [N, K]."""
+    if bits == 8:
+        return (packed.to(torch.int16) + 128).to(torch.uint8)
+    lo, hi = packed & 0x0F, packed >> 4
+    return torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1)
+
+
+@register_format
+class QuantLinear(PackedLinear):
+    """y = x · dequant(qweight)ᵀ + b, run through `compress.kernels` (real int kernels where they exist)."""
+
+    format = "int"
+
+    def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool = False,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.qspec = in_features, out_features, spec
+        kp = spec.padded_in(in_features)
+        groups = kp // spec.group_for(in_features)
+        cols = kp if spec.bits == 8 else kp // 2
+        store = torch.int8 if spec.bits == 8 else torch.uint8
+        self.register_buffer("qweight", torch.zeros(out_features, cols, dtype=store))
+        self.register_buffer("scales", torch.zeros(out_features, groups, dtype=dtype))
+        self.register_buffer("zeros", None if spec.symmetric else torch.zeros(out_features, groups, dtype=dtype))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype) if bias else None)
+
+    @classmethod
+    def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec,
+                   in_features: int, bias: torch.Tensor | None, dtype: torch.dtype) -> "QuantLinear":
+        """Pack integer codes [N, Kp] and their per-group parameters into a module."""
+        mod = cls(in_features, q.shape[0], spec, bias is not None, dtype)
+        mod.qweight.copy_(pack_codes(q, spec.bits))
+        mod.scales.copy_(scale.to(dtype))
+        if mod.zeros is not None:
+            mod.zeros.copy_(zero.to(dtype))
+        if bias is not None:
+            mod.bias.copy_(bias.detach().to(dtype))
+        return mod.to(q.device)
+
+    def spec(self) -> dict[str, Any]:
+        return {"bits": self.qspec.bits, "group_size": self.qspec.group_size, "symmetric": self.qspec.symmetric}
+
+    @classmethod
+    def from_spec(cls, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
+                  spec: dict[str, Any]) -> "QuantLinear":
+        return cls(in_features, out_features, QuantSpec(**spec), bias, dtype)
+
+    def codes(self) -> torch.Tensor:
+        return unpack_codes(self.qweight, self.qspec.bits)
+
+    def zero_points(self) -> torch.Tensor:
+        if self.zeros is not None:
+            return self.zeros
+        return torch.full_like(self.scales, float(2 ** (self.qspec.bits - 1)))
+
+    def dense_weight(self) -> torch.Tensor:
+        w = dequantize(self.codes(), self.scales, self.zero_points(), self.qspec)
+        return w[:, : self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from compress.kernels import quant_linear
+
+        return quant_linear(x, self)

@@ -22,6 +22,7 @@ from compress.select import set_module
 
 MANIFEST = "compress.json"
 WEIGHTS = "model.safetensors"
+NONUNIFORM_ATTR = "compress_nonuniform"  # set on models whose layers differ in width (structured pruning)
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -31,7 +32,24 @@ def is_checkpoint(path: Path) -> bool:
 def manifest_of(model: nn.Module, dtype: torch.dtype) -> dict[str, Any]:
     """What the loader needs beyond config.json: packed modules and their specs."""
     formats = {n: {"format": m.format, "spec": m.spec()} for n, m in model.named_modules() if isinstance(m, PackedLinear)}
-    return {"version": 1, "dtype": str(dtype).removeprefix("torch."), "formats": formats}
+    out = {"version": 1, "dtype": str(dtype).removeprefix("torch."), "formats": formats}
+    if getattr(model, NONUNIFORM_ATTR, False):  # per-layer widths config.json cannot express
+        out["shapes"] = {n: [m.out_features, m.in_features] for n, m in model.named_modules()
+                         if isinstance(m, (nn.Linear, PackedLinear))}
+    return out
+
+
+def _apply_shapes(model: nn.Module, shapes: dict[str, list[int]], dtype: torch.dtype) -> None:
+    """Resize linears to the widths recorded in the manifest, and keep attention's GQA ratio in step."""
+    for name, (out_f, in_f) in shapes.items():
+        lin = model.get_submodule(name)
+        if (lin.out_features, lin.in_features) != (out_f, in_f):
+            set_module(model, name, nn.Linear(in_f, out_f, bias=lin.bias is not None, dtype=dtype))
+    for mod in model.modules():
+        q, k = getattr(mod, "q_proj", None), getattr(mod, "k_proj", None)
+        if q is not None and k is not None and hasattr(mod, "num_key_value_groups"):
+            mod.num_key_value_groups = q.out_features // k.out_features
+    setattr(model, NONUNIFORM_ATTR, True)
 
 
 def unique_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -113,6 +131,8 @@ def load(path: str | Path, device: torch.device | str | None = None, dtype: torc
     manifest = _read_manifest(path) if is_checkpoint(path) else {"formats": {}}
     config = AutoConfig.from_pretrained(path)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if manifest.get("shapes"):
+        _apply_shapes(model, manifest["shapes"], dtype)
     for name, entry in manifest["formats"].items():
         if entry["format"] not in FORMATS:
             raise CompressError(f"{path}: module {name} uses format {entry['format']!r}, unknown to this version; known: {', '.join(FORMATS)}")
@@ -160,8 +180,21 @@ def inspect(path: str | Path) -> dict[str, Any]:
     for name, entry in formats.items():
         if name in modules:
             modules[name]["format"] = f"{entry['format']}:" + ",".join(f"{k}={v}" for k, v in entry["spec"].items())
+            if "sparsity" in entry["spec"]:
+                modules[name]["sparsity"] = entry["spec"]["sparsity"]
+    _dense_sparsity(path / WEIGHTS, modules)
     total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return {"path": str(path), "total_bytes": total, "weights_bytes": (path / WEIGHTS).stat().st_size, "modules": modules}
+
+
+def _dense_sparsity(weights: Path, modules: dict[str, dict[str, Any]]) -> None:
+    """Fraction of exact zeros in each dense 2-D weight up to 64M entries (pruned-but-dense modules show up too)."""
+    with safe_open(str(weights), "pt") as f:
+        for name, row in modules.items():
+            t = row["tensors"].get("weight")
+            if row["format"] == "dense" and t is not None and len(t["shape"]) == 2 and t["shape"][0] * t["shape"][1] <= 2**26:
+                w = f.get_tensor(f"{name}.weight" if name else "weight")
+                row["sparsity"] = round(float((w == 0).float().mean()), 6)
 
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}

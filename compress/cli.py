@@ -125,6 +125,80 @@ def demo(
     typer.echo(run_demo(recipe, out, max_windows, device))
 
 
+@app.command()
+@user_errors
+def bench(
+    models: list[str] = typer.Argument(..., help="Models, checkpoints, recipes (.yaml, run on the first model) or random:SHAPE; the first is the base."),
+    data: str = typer.Option("wikitext2-test", help="Perplexity text (as `compress eval --data`)."),
+    seq_len: int = typer.Option(2048, min=8, help="Perplexity window length."),
+    max_windows: Optional[int] = typer.Option(None, min=1, help="Score only the first N perplexity windows."),
+    prefill: str = typer.Option("512,2048", help="Prompt lengths for prefill_ms, comma-separated."),
+    batch: Optional[str] = typer.Option(None, help="Decode batch sizes, comma-separated (default: 1,8 on CUDA, 1 on CPU)."),
+    new_tokens: Optional[int] = typer.Option(None, min=1, help="Decode steps timed per run (default: 128 CUDA, 32 CPU)."),
+    prompt_len: int = typer.Option(32, min=1, help="Prompt tokens before the timed decode steps."),
+    warmup: Optional[int] = typer.Option(None, min=0, help="Untimed runs first (default: 3 CUDA, 1 CPU)."),
+    repeats: Optional[int] = typer.Option(None, min=1, help="Timed runs; the median is reported (default: 10 CUDA, 3 CPU)."),
+    decode_mode: str = typer.Option("auto", help="auto, eager, graph or compile (auto: compile on CUDA, eager on CPU)."),
+    interleave: bool = typer.Option(False, "--interleave", help="Time all models round-robin (all in memory; eager decode): ratios survive a busy CPU."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: torch's); 1 keeps CPU timings stable on a busy machine."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG of perplexity vs decode tokens/s here."),
+    save_baseline: Optional[Path] = typer.Option(None, help="Write the report as a regression baseline here."),
+    tol_perplexity: float = typer.Option(0.02, min=0, help="Baseline tolerance: max relative perplexity increase."),
+    tol_latency: float = typer.Option(0.35, min=0, help="Baseline tolerance: max relative worsening of a latency ratio to the base."),
+    tol_size: float = typer.Option(0.01, min=0, help="Baseline tolerance: max relative growth of a size/memory ratio to the base."),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Perplexity, prefill ms, decode tok/s, memory and size of each model, with ratios to the first."""
+    from compress.eval.bench import BenchSettings, benchmark, parse_ints
+    from compress.eval.plot import plot_tradeoff
+    from compress.eval.regress import save_baseline as write_baseline
+    from compress.eval.table import bench_table
+
+    settings = BenchSettings(data=data, seq_len=seq_len, max_windows=max_windows, prefill=parse_ints(prefill, "--prefill"),
+                             batches=parse_ints(batch, "--batch") if batch else None, prompt_len=prompt_len,
+                             new_tokens=new_tokens, warmup=warmup, repeats=repeats, decode_mode=decode_mode,
+                             interleave=interleave, threads=threads)
+    report = benchmark(models, settings, device, progress=not quiet)
+    typer.echo(bench_table(report))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1))
+        typer.echo(f"wrote {json_out}")
+    if plot is not None:
+        typer.echo(f"wrote {plot_tradeoff(report, plot)}")
+    if save_baseline is not None:
+        tol = {"perplexity": tol_perplexity, "latency": tol_latency, "size": tol_size}
+        typer.echo(f"wrote baseline {write_baseline(report, save_baseline, tol)}")
+
+
+@app.command()
+@user_errors
+def regress(
+    baseline: Path = typer.Option(..., help="Baseline JSON written by `compress bench --save-baseline`."),
+    current: Optional[Path] = typer.Option(None, help="Compare this bench JSON instead of re-running the baseline's entries."),
+    tol_perplexity: Optional[float] = typer.Option(None, min=0, help="Max relative perplexity increase (default 0.02, or the baseline's)."),
+    tol_latency: Optional[float] = typer.Option(None, min=0, help="Max relative worsening of a latency ratio to the base (default 0.35)."),
+    tol_size: Optional[float] = typer.Option(None, min=0, help="Max relative growth of a size/memory ratio to the base (default 0.01)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the checks and the current report here."),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu (default: the baseline's kind)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Re-run a baseline's models/recipes and compare; exit 1 on any regression, 0 otherwise."""
+    from compress.eval.regress import regress as run_regress
+    from compress.eval.regress import regress_table
+
+    tol = {"perplexity": tol_perplexity, "latency": tol_latency, "size": tol_size}
+    checks, report = run_regress(baseline, current, device, tol, progress=not quiet)
+    typer.echo(regress_table(checks))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"checks": [c.to_dict() for c in checks], "current": report}, indent=1))
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -61,13 +61,15 @@ def describe_passes() -> dict[str, dict[str, Any]]:
 def inspect_table(info: dict[str, Any]) -> str:
     """Per-module rows (format, tensors, bytes) and the totals."""
     rows = []
+    sparse = any(m.get("sparsity") for m in info["modules"].values())  # a column only when something is pruned
     for name, m in info["modules"].items():
         tensors = ", ".join(f"{k}:{v['dtype']}{list(v['shape'])}" for k, v in m["tensors"].items())
-        rows.append([name or "(root)", m["format"], human_bytes(m["bytes"]), tensors])
+        zeros = [f"{m['sparsity']:.1%}" if "sparsity" in m else ""] if sparse else []
+        rows.append([name or "(root)", m["format"], *zeros, human_bytes(m["bytes"]), tensors])
     by_format: dict[str, int] = {}
     for m in info["modules"].values():
         key = m["format"].split(":")[0] if m["format"] != "dense" else "dense"
         by_format[key] = by_format.get(key, 0) + m["bytes"]
     totals = ", ".join(f"{k}: {human_bytes(v)}" for k, v in sorted(by_format.items()))
-    return "\n".join([markdown_table(["module", "format", "bytes", "tensors"], rows),
+    return "\n".join([markdown_table(["module", "format", *(["sparsity"] if sparse else []), "bytes", "tensors"], rows),
                       f"weights file: {human_bytes(info['weights_bytes'])} ({totals}); directory total: {human_bytes(info['total_bytes'])}"])

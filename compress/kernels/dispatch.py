@@ -1,13 +1,31 @@
-"""Pick the kernel for a QuantLinear call; the dequantize-then-matmul path is the universal fallback."""
+"""Pick the kernel for a QuantLinear call by device, format and the number of rows M.
+
+| device | format | M | kernel |
+| cpu | int8 per-channel sym | ≤ 4 | aten `_weight_int8pack_mm` |
+| cpu | int4, tinygemm-compatible | ≤ 4 (fp32), ≤ 32 (bf16) | aten `_weight_int4pack_mm_for_cpu` (x's dtype) |
+| cuda | int4, tinygemm-compatible | ≤ 16 | aten `_weight_int4pack_mm` (tinygemm, bf16) |
+| cuda | int8, triton installed | ≤ 16 | Triton fused dequant-GEMM (`triton_int8`) |
+| any | any | any other | dequantize to x's dtype, dense matmul (cuBLAS for prefill) |
+
+The dequantize-then-matmul path is the universal fallback and the reference the others are tested against.
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
+from compress.kernels import triton_int8
+from compress.kernels.int4_tinygemm import int4_tinygemm, tinygemm_group
+
 if TYPE_CHECKING:
     from compress.formats.quant_linear import QuantLinear
+
+CPU_INT8PACK_MAX_M = 4  # measured on an AVX2 CPU: aten's int8 GEMM beats dequantize+matmul only up to M≈4
+# measured on this AVX2 CPU (1536×576, 576×1536): int4pack beats dequant+matmul up to M≈32 in bf16, M≈4 in fp32
+CPU_INT4PACK_MAX_M = {torch.bfloat16: 32, torch.float32: 4}
+CUDA_SMALL_M = 16  # decode-sized calls; prefill (tinygemm ~25× slower than bf16 at M=2048) dequantizes. Unmeasured: bench_kernels.py
 
 
 def _int8_per_channel_sym(mod: "QuantLinear") -> bool:
@@ -15,18 +33,44 @@ def _int8_per_channel_sym(mod: "QuantLinear") -> bool:
     return s.bits == 8 and s.symmetric and s.group_size == -1
 
 
-CPU_INT8PACK_MAX_M = 4  # measured on an AVX2 CPU: aten's int8 GEMM beats dequantize+matmul only up to M≈4
+def int8pack_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
+    """aten's int8 weight-only GEMM: reads int8 weights directly, scale per output channel."""
+    return torch.ops.aten._weight_int8pack_mm(x2d, mod.qweight, mod.scales[:, 0].to(x2d.dtype))
 
 
-def quant_linear(x: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
-    """y = x · Wᵀ + b for a packed weight, on the best kernel available for this call."""
+def dequant(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
+    """Unpack to x's dtype and call a dense matmul."""
+    return F.linear(x2d, mod.dense_weight().to(x2d.dtype))
+
+
+KERNELS: dict[str, Callable[[torch.Tensor, "QuantLinear"], torch.Tensor]] = {
+    "int8pack_cpu": int8pack_cpu, "int4pack_cpu": int4_tinygemm, "tinygemm": int4_tinygemm,
+    "triton_int8": triton_int8.int8_triton, "dequant": dequant,
+}
+
+
+def choose_kernel(device: torch.device, m: int, mod: "QuantLinear", dtype: torch.dtype = torch.float32) -> str:
+    """The name (in KERNELS) of the kernel for an [m, K] input of `dtype` on `device`."""
+    bits = mod.qspec.bits
+    if device.type == "cpu":
+        if _int8_per_channel_sym(mod) and m <= CPU_INT8PACK_MAX_M:
+            return "int8pack_cpu"
+        if bits == 4 and m <= CPU_INT4PACK_MAX_M.get(dtype, 0) and tinygemm_group(mod) is not None:
+            return "int4pack_cpu"
+    elif device.type == "cuda" and m <= CUDA_SMALL_M:
+        if bits == 4 and tinygemm_group(mod) is not None:
+            return "tinygemm"
+        if bits == 8 and triton_int8.available():
+            return "triton_int8"
+    return "dequant"
+
+
+def quant_linear(x: torch.Tensor, mod: "QuantLinear", kernel: str | None = None) -> torch.Tensor:
+    """y = x · Wᵀ + b for a packed weight, on the best kernel for this call (or the one named)."""
     m = x.numel() // x.shape[-1]
-    if _int8_per_channel_sym(mod) and x.device.type == "cpu" and m <= CPU_INT8PACK_MAX_M:
-        # aten's int8 weight-only GEMM: reads int8 weights directly, scale per output channel.
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(m, -1), mod.qweight, mod.scales[:, 0].to(x.dtype))
-        y = y.reshape(*x.shape[:-1], mod.out_features)
-        return y if mod.bias is None else y + mod.bias
-    return dequant_linear(x, mod)
+    name = kernel or choose_kernel(x.device, m, mod, x.dtype)
+    y = KERNELS[name](x.reshape(m, x.shape[-1]), mod).reshape(*x.shape[:-1], mod.out_features)
+    return y if mod.bias is None else y + mod.bias.to(y.dtype)
 
 
 def dequant_linear(x: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:

@@ -19,6 +19,7 @@ class RTNConfig(PassConfig):
     bits: int = option(8, "bits per weight", choices=(4, 8))
     group_size: int = option(-1, "weights per scale along the input dim; -1 = one scale per output channel", choices=(-1, 32, 64, 128, 256))
     symmetric: bool = option(True, "symmetric grid (no zero point); false stores an integer zero point per group")
+    clip_search: bool = option(False, "MSE-searched group ranges (shrink min/max while the rounding error drops)")
 
     def spec(self) -> QuantSpec:
         return QuantSpec(self.bits, self.group_size, self.symmetric)
@@ -35,7 +36,7 @@ def rtn(model: nn.Module, cfg: RTNConfig, ctx: Context) -> nn.Module:
     spec = cfg.spec()
     chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where)
     for name, lin in chosen.items():
-        codes, scale, zero = rtn_quantize(lin.weight, spec)
+        codes, scale, zero = rtn_quantize(lin.weight, spec, cfg.clip_search)
         set_module(model, name, quantize_linear(lin, codes, scale, zero, spec))
     ctx.stats["modules"] = len(chosen)
     return model

@@ -1,0 +1,1 @@
+"""Knowledge distillation driver: training data, the student wrapper, QAT modules, the trainer, logs."""

@@ -1,0 +1,123 @@
+"""What `compress bench` can measure: a model/checkpoint, a recipe applied to the base, or a random-weight shape.
+
+Each entry is loaded only when its turn comes and dropped after, so one process can bench many.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+
+from compress.errors import CompressError
+
+RANDOM_PREFIX = "random:"
+# Llama shapes for speed-only runs (random weights: perplexity is meaningless and not measured).
+RANDOM_SHAPES: dict[str, dict[str, Any]] = {
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
+    "llama3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                        num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+}
+
+
+@dataclass
+class Loaded:
+    """A model ready to measure, with what the row reports about where it came from."""
+
+    model: nn.Module
+    tokenizer: Any
+    kind: str  # "model", "recipe" or "random"
+    size_bytes: int | None  # weights on disk; None when the model never was on disk
+
+
+def is_recipe(spec: str) -> bool:
+    return Path(spec).suffix in (".yaml", ".yml")
+
+
+def check_entries(entries: list[str]) -> None:
+    """Cheap checks before any model loads: a base first, recipes only after a real base, names that exist."""
+    if not entries:
+        raise CompressError("bench: give at least one model (the first one is the base)")
+    if is_recipe(entries[0]):
+        raise CompressError(f"bench: the first entry is the base and must be a model, not the recipe {entries[0]!r}")
+    for e in entries:
+        if e.startswith(RANDOM_PREFIX) and e[len(RANDOM_PREFIX):] not in RANDOM_SHAPES:
+            raise CompressError(f"bench: unknown random shape {e!r}; allowed: {', '.join(RANDOM_PREFIX + k for k in RANDOM_SHAPES)}")
+        if is_recipe(e):
+            if entries[0].startswith(RANDOM_PREFIX):
+                raise CompressError(f"bench: recipe {e!r} needs a real base model with a tokenizer, not {entries[0]!r}")
+            if not Path(e).is_file():
+                raise CompressError(f"bench: recipe {e!r} not found")
+
+
+def disk_size(spec: str) -> int | None:
+    """Bytes of the weight files of a model directory (*.safetensors/*.bin); None for a .gguf file or a hub id."""
+    from compress.models import resolve_model
+
+    where, gguf = resolve_model(spec)
+    if not isinstance(where, Path):
+        return None
+    if gguf:
+        return None  # a GGUF holds its own quantization; the loaded model's bytes are what compare
+    files = [f for f in where.iterdir() if f.suffix in (".safetensors", ".bin") and f.is_file()]
+    return sum(f.stat().st_size for f in files) or None
+
+
+def random_model(shape: str, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A Llama of a known shape with random weights, built directly on the device."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(max_position_embeddings=8192, **RANDOM_SHAPES[shape])
+    torch.manual_seed(0)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+
+
+def _recipe_entry(path: str, base: str, device: torch.device, progress: bool) -> Loaded:
+    """Run a recipe on the base (its evaluate section skipped: bench measures), save it to measure the bytes."""
+    from compress.api import as_recipe, run
+
+    recipe = dataclasses.replace(as_recipe(path), evaluate=None)
+    with tempfile.TemporaryDirectory(prefix="compress-bench-") as td:
+        res = run(recipe, base, out=Path(td) / "ckpt", device=device, progress=progress)
+        size = (Path(td) / "ckpt" / "model.safetensors").stat().st_size
+    return Loaded(res.model, res.tokenizer, "recipe", size)
+
+
+def load_entry(spec: str, base: str, device: torch.device, progress: bool = False) -> Loaded:
+    """Load one bench entry on `device` in its compute dtype (bf16 on CUDA, fp32 on CPU)."""
+    from compress.models import compute_dtype, load_model
+
+    if spec.startswith(RANDOM_PREFIX):
+        return Loaded(random_model(spec[len(RANDOM_PREFIX):], device, compute_dtype(device)), None, "random", None)
+    if is_recipe(spec):
+        return _recipe_entry(spec, base, device, progress)
+    model, tok = load_model(spec, device, compute_dtype(device))
+    size = disk_size(spec)
+    if size is None:  # a .gguf or hub model: the bytes its tensors take in the dtype a checkpoint would store
+        from compress.api import weight_bytes
+        from compress.models import storage_dtype
+
+        size = weight_bytes(model, storage_dtype(model))
+    return Loaded(model, tok, "model", size)
+
+
+def iter_entries(entries: list[str], device: torch.device, progress: bool = False) -> Iterator[tuple[str, Loaded]]:
+    """Each entry loaded in turn; the previous one is released before the next loads."""
+    import gc
+
+    check_entries(entries)
+    for spec in entries:
+        loaded = load_entry(spec, entries[0], device, progress)
+        yield spec, loaded
+        del loaded
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,151 @@
+"""`compress regress`: re-run a baseline's entries and fail on regressions beyond per-metric tolerances.
+
+Perplexity is compared as a relative increase over the baseline's own value. Latency, size and
+memory are compared as ratios to the base (first entry) measured in the same run, because
+absolute times on shared machines move with the neighbours, while ratios mostly do not.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from compress.errors import CompressError
+
+# perplexity: max relative increase; latency: max relative worsening of a ratio to the base;
+# size: max relative growth of the size/memory ratio to the base.
+DEFAULT_TOLERANCES: dict[str, float] = {"perplexity": 0.02, "latency": 0.35, "size": 0.01}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One metric of one entry: baseline vs current, the limit, and the verdict."""
+
+    entry: str
+    metric: str
+    baseline: float
+    current: float
+    limit: float
+    higher_is_worse: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.current <= self.limit if self.higher_is_worse else self.current >= self.limit
+
+    @property
+    def change(self) -> float:
+        """Relative change of current vs baseline (+0.10 = 10% higher)."""
+        return self.current / self.baseline - 1 if self.baseline else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok, "change": self.change}
+
+
+def load_report(path: str | Path, what: str = "baseline") -> dict[str, Any]:
+    """A bench JSON (baseline or results) with the keys the gate needs, or a one-line error."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CompressError(f"{what} {path}: file not found (write one with `compress bench ... --save-baseline {path}`)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise CompressError(f"{what} {path}: not readable JSON ({e.__class__.__name__}: {e})") from None
+    missing = [k for k in ("results", "entries", "settings", "env") if k not in data] if isinstance(data, dict) else ["results"]
+    if missing or not data["results"]:
+        raise CompressError(f"{what} {path}: not a bench report (missing {', '.join(missing) or 'results'}); expected the JSON of `compress bench`")
+    return data
+
+
+def tolerances_of(baseline: dict[str, Any], overrides: dict[str, float | None] | None = None) -> dict[str, float]:
+    """Defaults, then the baseline's own tolerances, then explicit overrides (None = keep)."""
+    tol = {**DEFAULT_TOLERANCES, **baseline.get("tolerances", {})}
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            tol[k] = v
+    unknown = sorted(set(tol) - set(DEFAULT_TOLERANCES))
+    if unknown:
+        raise CompressError(f"tolerances: unknown key(s) {unknown}; allowed: {', '.join(DEFAULT_TOLERANCES)}")
+    return tol
+
+
+def _row_checks(name: str, is_base: bool, old: dict[str, Any], new: dict[str, Any], tol: dict[str, float]) -> list[Check]:
+    checks = []
+    po, pn = old.get("perplexity"), new.get("perplexity")
+    if po is not None and pn is not None:
+        checks.append(Check(name, "perplexity", po, pn, po * (1 + tol["perplexity"]), True))
+    if is_base:
+        return checks  # the base's own ratios are 1 by definition
+    ro, rn = old.get("ratios", {}), new.get("ratios", {})
+    for key in sorted(set(ro) & set(rn)):
+        if key.startswith("decode_tokens_per_s:"):
+            checks.append(Check(name, f"{key} ÷ base", ro[key], rn[key], ro[key] * (1 - tol["latency"]), False))
+        elif key.startswith("prefill_ms:"):
+            checks.append(Check(name, f"{key} ÷ base", ro[key], rn[key], ro[key] * (1 + tol["latency"]), True))
+        elif key in ("size_bytes", "memory_bytes"):
+            checks.append(Check(name, f"{key} ÷ base", ro[key], rn[key], ro[key] * (1 + tol["size"]), True))
+    return checks
+
+
+def compare(baseline: dict[str, Any], current: dict[str, Any], tol: dict[str, float]) -> list[Check]:
+    """Every check of `current` against `baseline`, matched by entry name; a missing entry is an error."""
+    now = {r["name"]: r for r in current["results"]}
+    checks: list[Check] = []
+    for i, old in enumerate(baseline["results"]):
+        if old["name"] not in now:
+            raise CompressError(f"regress: entry {old['name']!r} of the baseline is missing from the current results")
+        checks += _row_checks(old["name"], i == 0, old, now[old["name"]], tol)
+    return checks
+
+
+def check_same_setup(baseline: dict[str, Any], current: dict[str, Any]) -> None:
+    """Ratios are only comparable on the same kind of device with the same base."""
+    if baseline["env"].get("label") != current["env"].get("label"):
+        raise CompressError(f"regress: baseline was measured on {baseline['env'].get('label')}, the current run on "
+                            f"{current['env'].get('label')}; compare like with like (--device)")
+    if baseline["results"][0]["name"] != current["results"][0]["name"]:
+        raise CompressError(f"regress: the base differs ({baseline['results'][0]['name']!r} vs {current['results'][0]['name']!r})")
+
+
+def regress_table(checks: list[Check]) -> str:
+    """Pass/fail table, worst first within each verdict, and a summary line."""
+    from compress.report import markdown_table
+
+    rows = [[c.entry, c.metric, f"{c.baseline:.4g}", f"{c.current:.4g}", f"{c.change * 100:+.1f}%",
+             ("≤ " if c.higher_is_worse else "≥ ") + f"{c.limit:.4g}", "pass" if c.ok else "FAIL"]
+            for c in sorted(checks, key=lambda c: c.ok)]
+    failed = sum(not c.ok for c in checks)
+    summary = f"{len(checks) - failed}/{len(checks)} checks passed" + (f"; {failed} REGRESSION(S)" if failed else "")
+    return markdown_table(["entry", "metric", "baseline", "current", "change", "limit", "verdict"], rows) + "\n" + summary
+
+
+def save_baseline(report: dict[str, Any], path: str | Path, tolerances: dict[str, float] | None = None) -> Path:
+    """Write a bench report as a baseline, with the tolerances the gate will apply."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**report, "tolerances": {**DEFAULT_TOLERANCES, **(tolerances or {})}}, indent=1))
+    return path
+
+
+def regress(baseline_path: str | Path, current_path: str | Path | None = None, device: str | None = None,
+            tolerances: dict[str, float | None] | None = None, progress: bool = True) -> tuple[list[Check], dict[str, Any]]:
+    """Re-run the baseline's entries with its settings (or read `current_path`) and compare.
+
+    The device defaults to the baseline's kind (cpu for a CPU baseline), so ratios stay comparable.
+    """
+    from compress.eval.bench import BenchSettings, benchmark
+
+    baseline = load_report(baseline_path)
+    tol = tolerances_of(baseline, tolerances)
+    if current_path is not None:
+        current = load_report(current_path, "results")
+    else:
+        settings = BenchSettings.from_dict(baseline["settings"], f"baseline {baseline_path}")
+        dev = device or ("cuda" if baseline["env"].get("label") == "CUDA" else "cpu")
+        current = benchmark(baseline["entries"], settings, dev, progress)
+    check_same_setup(baseline, current)
+    return compare(baseline, current, tol), current
+
+
+__all__ = ["DEFAULT_TOLERANCES", "Check", "check_same_setup", "compare", "load_report", "regress",
+           "regress_table", "save_baseline", "tolerances_of"]

@@ -1,0 +1,110 @@
+"""Latency and memory of one model: prefill ms, decode tokens/s (static cache), bytes by format.
+
+Timings are medians of `repeats` runs after `warmup` runs, with min and max kept so the spread is
+visible; on CUDA every timed region ends with a synchronize.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from compress.eval.fast_decode import StaticDecoder
+from compress.formats import PackedLinear
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """min / median / max of a list of measurements."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_runs(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Wall seconds of `repeats` calls of fn, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def prompt_ids(model: nn.Module, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """Fixed pseudo-random token ids [batch, length] (timing does not depend on which tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.config.vocab_size, (batch, length), generator=g).to(model_device(model))
+
+
+@torch.no_grad()
+def prefill_ms(model: nn.Module, length: int, warmup: int, repeats: int) -> dict[str, float]:
+    """Batch-1 forward over a prompt of `length` tokens, ms (min/median/max)."""
+    ids = prompt_ids(model, 1, length)
+    secs = time_runs(lambda: model(input_ids=ids, use_cache=False), model_device(model), warmup, repeats)
+    return spread([s * 1000 for s in secs])
+
+
+@torch.no_grad()
+def decode_tokens_per_s(model: nn.Module, batch: int, prompt_len: int, new_tokens: int, warmup: int, repeats: int,
+                        mode: str = "auto") -> dict[str, Any]:
+    """Greedy tokens/s (all rows together) of `new_tokens` static-cache decode steps after a prompt.
+
+    The prompt is prefilled outside the timed region; each timed run decodes the same steps.
+    """
+    dec = StaticDecoder(model, prompt_len + new_tokens + 1, mode)
+    ids = prompt_ids(model, batch, prompt_len)
+    first = dec.prefill(ids)
+    warm = warmup if dec.mode == "eager" else max(warmup, 1)  # a compiled/graphed step is built on its first run
+    secs = time_runs(lambda: dec.decode(first, prompt_len, new_tokens), model_device(model), warm, repeats)
+    tps = [batch * new_tokens / s for s in secs]
+    return {**spread(tps), "mode": dec.mode}
+
+
+def memory_bytes(model: nn.Module) -> int:
+    """Bytes of the model's tensors in memory (shared tensors once): shows packing is real in memory."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen or t.numel() == 0:
+            continue
+        seen.add(ptr)
+        total += t.untyped_storage().nbytes()
+    return total
+
+
+def bytes_by_format(model: nn.Module) -> dict[str, int]:
+    """In-memory weight bytes per storage format: 'int4/g64', 'int8/g-1', …, and 'dense' for the rest."""
+    out: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, PackedLinear):
+            spec = m.spec()
+            key = m.format + (f"{spec['bits']}/g{spec['group_size']}" if "bits" in spec else "")
+            for t in m.buffers(recurse=False):
+                out[key] = out.get(key, 0) + t.untyped_storage().nbytes()
+    out["dense"] = memory_bytes(model) - sum(out.values())
+    return out
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Peak bytes allocated on the GPU since `reset_peak`; None on CPU (no allocator statistics there)."""
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None

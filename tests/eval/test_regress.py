@@ -1,0 +1,90 @@
+"""The gate's decision on synthetic results: limits hand-computed, planted regressions fail."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from compress.errors import CompressError
+from compress.eval.regress import DEFAULT_TOLERANCES, compare, load_report, regress_table, tolerances_of
+
+TOL = {"perplexity": 0.02, "latency": 0.35, "size": 0.01}
+
+
+def report(int4_ppl=28.0, int4_decode_ratio=0.5, int4_prefill_ratio=3.0, int4_size_ratio=0.3, label="CPU"):
+    return {"env": {"label": label}, "entries": ["base", "int4.yaml"], "settings": {},
+            "results": [{"name": "base", "perplexity": 21.0, "ratios": {"perplexity": 1.0, "decode_tokens_per_s:1": 1.0}},
+                        {"name": "int4.yaml", "perplexity": int4_ppl,
+                         "ratios": {"decode_tokens_per_s:1": int4_decode_ratio, "prefill_ms:512": int4_prefill_ratio,
+                                    "size_bytes": int4_size_ratio, "perplexity": int4_ppl / 21.0}}]}
+
+
+def failed(checks):
+    return {(c.entry, c.metric) for c in checks if not c.ok}
+
+
+def test_identical_results_pass_with_hand_computed_limits():
+    checks = compare(report(), report(), TOL)
+    assert not failed(checks)
+    by = {(c.entry, c.metric): c for c in checks}
+    assert by[("base", "perplexity")].limit == pytest.approx(21.42)
+    assert by[("int4.yaml", "perplexity")].limit == pytest.approx(28.56)
+    assert by[("int4.yaml", "decode_tokens_per_s:1 ÷ base")].limit == pytest.approx(0.325)
+    assert by[("int4.yaml", "prefill_ms:512 ÷ base")].limit == pytest.approx(4.05)
+    assert by[("int4.yaml", "size_bytes ÷ base")].limit == pytest.approx(0.303)
+    assert ("base", "decode_tokens_per_s:1 ÷ base") not in by  # the base's ratio is 1 by definition
+
+
+def test_planted_group64_to_per_channel_fails():
+    """int4 g64 → per-channel: perplexity +36% (28.56 → 38.94 on SmolLM2), and it is smaller."""
+    checks = compare(report(int4_ppl=28.56), report(int4_ppl=38.94, int4_size_ratio=0.27), TOL)
+    assert failed(checks) == {("int4.yaml", "perplexity")}
+
+
+def test_within_tolerance_passes():
+    cur = report(int4_ppl=28.0 * 1.015, int4_decode_ratio=0.5 * 0.7, int4_prefill_ratio=3.0 * 1.3, int4_size_ratio=0.3 * 1.005)
+    assert not failed(compare(report(), cur, TOL))
+
+
+def test_latency_and_size_regressions_fail():
+    assert failed(compare(report(), report(int4_decode_ratio=0.3), TOL)) == {("int4.yaml", "decode_tokens_per_s:1 ÷ base")}
+    assert failed(compare(report(), report(int4_prefill_ratio=4.5), TOL)) == {("int4.yaml", "prefill_ms:512 ÷ base")}
+    assert failed(compare(report(), report(int4_size_ratio=0.32), TOL)) == {("int4.yaml", "size_bytes ÷ base")}
+
+
+def test_missing_entry_is_an_error():
+    cur = report()
+    cur["results"] = cur["results"][:1]
+    with pytest.raises(CompressError, match="'int4.yaml' of the baseline is missing"):
+        compare(report(), cur, TOL)
+
+
+def test_table_reports_failures_first():
+    text = regress_table(compare(report(), report(int4_ppl=40.0), TOL))
+    lines = [ln for ln in text.splitlines() if ln.startswith("| int4") or ln.startswith("| base")]
+    assert "FAIL" in lines[0] and "+42.9%" in lines[0]
+    assert text.splitlines()[-1].endswith("1 REGRESSION(S)")
+
+
+def test_tolerances_layering():
+    assert tolerances_of({}) == DEFAULT_TOLERANCES
+    assert tolerances_of({"tolerances": {"latency": 0.5}}, {"perplexity": 0.1, "size": None}) == \
+        {"perplexity": 0.1, "latency": 0.5, "size": 0.01}
+    with pytest.raises(CompressError, match="unknown key"):
+        tolerances_of({"tolerances": {"speed": 1}})
+
+
+def test_load_report_errors(tmp_path):
+    with pytest.raises(CompressError, match="file not found"):
+        load_report(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(CompressError, match="not readable JSON"):
+        load_report(bad)
+    bad.write_text(json.dumps({"results": []}))
+    with pytest.raises(CompressError, match="not a bench report"):
+        load_report(bad)
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps(copy.deepcopy(report())))
+    assert load_report(ok)["entries"] == ["base", "int4.yaml"]

@@ -1,0 +1,49 @@
+"""aten tinygemm int4 (CPU and CUDA) against the dequantized reference, odd shapes, M in {1,7,16,17,512}."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compress.algorithms.grid import QuantSpec
+from compress.kernels.int4_tinygemm import int4_tinygemm, scales_and_zeros, tinygemm_group
+from tests.kernels.quantized import make, reference, rel_err
+
+SPECS = [QuantSpec(4, 32, False), QuantSpec(4, 64, True), QuantSpec(4, 128, False), QuantSpec(4, 256, True), QuantSpec(4, -1, False)]
+SHAPES = [(64, 576), (32, 80)]
+MS = [1, 7, 16, 17, 512]
+
+
+def test_group_and_zero_translation():
+    mod = make(QuantSpec(4, -1, False), 16, 576)
+    assert tinygemm_group(mod) == 64  # 576 = 9·64: the largest tinygemm group that tiles K
+    sz = scales_and_zeros(mod, 64, torch.float32)
+    assert sz.shape == (9, 16, 2)
+    s, z = mod.scales[:, 0], mod.zeros[:, 0]
+    assert torch.allclose(sz[3, :, 0], s) and torch.allclose(sz[3, :, 1], (8 - z) * s)
+    # (q - 8)·s + zero_t reproduces (q - z)·s for every code
+    q = torch.arange(16.0).unsqueeze(1)
+    assert torch.allclose((q - 8) * s + sz[0, :, 1], (q - z) * s, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+@pytest.mark.parametrize("nk", SHAPES)
+@pytest.mark.parametrize("m", MS)
+def test_cpu_fp32_and_bf16(spec, nk, m):
+    mod = make(spec, *nk, bias=False)
+    if tinygemm_group(mod) is None:  # per-channel K=80: no tinygemm group tiles it; dispatch dequantizes
+        assert spec.group_size == -1 and nk[1] % 32 != 0
+        return
+    x = torch.randn(m, nk[1])
+    ref = reference(x, mod)
+    assert rel_err(int4_tinygemm(x, mod), ref) < 1e-5
+    assert rel_err(int4_tinygemm(x.bfloat16(), mod), ref) < 2e-2  # bf16 activations and scales
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+@pytest.mark.parametrize("nk", SHAPES)
+@pytest.mark.parametrize("m", MS)
+def test_cuda_tinygemm(spec, nk, m):
+    mod = make(spec, *nk, bias=False).cuda()
+    x = torch.randn(m, nk[1], device="cuda", dtype=torch.bfloat16)
+    assert rel_err(int4_tinygemm(x, mod), reference(x, mod)) < 2e-2

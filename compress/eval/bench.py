@@ -166,8 +166,10 @@ def benchmark(entries: list[str], settings: BenchSettings | None = None, device:
     Returns {"results": [row, ...], "env": {...}, "settings": {...}, "entries": [...]}.
     """
     from compress.data import source_path
+    from compress.eval.entries import check_entries
     from compress.models import default_device
 
+    check_entries(list(entries))
     dev = _device(device) if device is not None else default_device()
     s = (settings or BenchSettings()).resolved(dev)
     if not s.skip_perplexity:

@@ -11,8 +11,9 @@ from compress.algorithms.owl import outlier_ratio, owl_sparsities
 from compress.algorithms.wanda import ActNorms, wanda_scores
 from compress.context import Context
 from compress.layerwise import run_layerwise
-from compress.passes._pruning import LayerStats, PruneConfig
+from compress.passes._pruning import LayerStats, PruneConfig, by_layer, check_nm_shapes
 from compress.registry import option
+from compress.select import select_modules
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,3 +48,14 @@ def layer_sparsities(model: nn.Module, groups: dict[int, dict[str, nn.Module]], 
     alloc = owl_sparsities([ratios[i] for i in order], sizes, cfg.sparsity, cfg.owl_lambda)
     ctx.stats["layer_sparsity"] = [round(s, 4) for s in alloc]
     return dict(zip(order, alloc))
+
+
+def prepare_sweep(model: nn.Module, cfg: AllocatedPruneConfig, ctx: Context
+                  ) -> tuple[dict[str, nn.Module], dict[int, dict[str, nn.Module]], torch.Tensor, dict[int, float]]:
+    """What every calibrated pruning pass needs before its sweep: the chosen linears (checked for N:M),
+    the same grouped by decoder layer, the calibration ids and each layer's sparsity."""
+    chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where)
+    check_nm_shapes(chosen, cfg.nm, ctx.where)
+    groups = by_layer(model, chosen, ctx.where)
+    ids = ctx.calibration()
+    return chosen, groups, ids, layer_sparsities(model, groups, cfg, ctx, ids)

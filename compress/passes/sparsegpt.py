@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from compress.algorithms.grid import QuantSpec
@@ -12,11 +11,11 @@ from compress.algorithms.hessian import Hessian
 from compress.algorithms.sparsegpt import sparsegpt_prune
 from compress.context import Context
 from compress.layerwise import run_layerwise
-from compress.passes._owl import AllocatedPruneConfig, layer_sparsities
-from compress.passes._pruning import LayerStats, apply_mask, by_layer, check_nm_shapes, record
+from compress.passes._owl import AllocatedPruneConfig, prepare_sweep
+from compress.passes._pruning import LayerStats, apply_mask, record
 from compress.passes.rtn import quantize_linear
 from compress.registry import option, register_pass
-from compress.select import select_modules, set_module
+from compress.select import set_module
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,11 +39,7 @@ class SparseGPTConfig(AllocatedPruneConfig):
 @register_pass("sparsegpt", SparseGPTConfig, needs_calibration=True)
 def sparsegpt(model: nn.Module, cfg: SparseGPTConfig, ctx: Context) -> nn.Module:
     """SparseGPT pruning (Hessian-based, with weight reconstruction); optionally quantizes in the same sweep."""
-    chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where)
-    check_nm_shapes(chosen, cfg.nm, ctx.where)
-    groups = by_layer(model, chosen, ctx.where)
-    ids = ctx.calibration()
-    sparsity = layer_sparsities(model, groups, cfg, ctx, ids)
+    chosen, groups, ids, sparsity = prepare_sweep(model, cfg, ctx)
     spec = cfg.quant()
     tally = [0, 0]
 

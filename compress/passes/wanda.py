@@ -9,10 +9,9 @@ import torch.nn as nn
 from compress.algorithms.wanda import ActNorms, wanda_mask
 from compress.context import Context
 from compress.layerwise import run_layerwise
-from compress.passes._owl import AllocatedPruneConfig, layer_sparsities
-from compress.passes._pruning import LayerStats, apply_mask, by_layer, check_nm_shapes, record
+from compress.passes._owl import AllocatedPruneConfig, prepare_sweep
+from compress.passes._pruning import LayerStats, apply_mask, record
 from compress.registry import register_pass
-from compress.select import select_modules
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,11 +22,7 @@ class WandaConfig(AllocatedPruneConfig):
 @register_pass("wanda", WandaConfig, needs_calibration=True)
 def wanda(model: nn.Module, cfg: WandaConfig, ctx: Context) -> nn.Module:
     """Wanda pruning: weight magnitude times input activation norm, no weight update."""
-    chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where)
-    check_nm_shapes(chosen, cfg.nm, ctx.where)
-    groups = by_layer(model, chosen, ctx.where)
-    ids = ctx.calibration()
-    sparsity = layer_sparsities(model, groups, cfg, ctx, ids)
+    chosen, groups, ids, sparsity = prepare_sweep(model, cfg, ctx)
     tally = [0, 0]
 
     def prune(i: int, mods: dict[str, nn.Module], stats: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compress.algorithms.gptq import gptq_quantize
-from compress.algorithms.grid import QuantSpec, compute_qparams, dequantize, pad_columns
+from compress.algorithms.grid import QuantSpec, compute_qparams, dequantize
 from compress.algorithms.rtn import rtn_quantize
 
 

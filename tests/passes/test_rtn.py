@@ -1,8 +1,6 @@
 """The `rtn` pass with MSE clip search: packed, and closer to the dense model than min/max ranges."""
 from __future__ import annotations
 
-import torch
-
 import compress
 from compress.algorithms.grid import dequantize
 from compress.formats.quant_linear import QuantLinear

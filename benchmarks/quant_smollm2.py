@@ -21,6 +21,8 @@ def variants() -> dict[str, list[dict]]:
         v[f"rtn-{tag}"] = [{"rtn": q}]
         v[f"rtn-mse-{tag}"] = [{"rtn": {**q, "clip_search": True}}]
         v[f"gptq-{tag}"] = [{"gptq": q}]
+        v[f"gptq-mse-{tag}"] = [{"gptq": {**q, "clip_search": True}}]
+        v[f"gptq-noact-{tag}"] = [{"gptq": {**q, "act_order": False}}]
         v[f"awq-rtn-{tag}"] = [{"awq": q}, {"rtn": {**q, "clip_search": True}}]
         v[f"awq-gptq-{tag}"] = [{"awq": q}, {"gptq": q}]
     return v

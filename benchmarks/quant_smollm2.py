@@ -25,6 +25,7 @@ def variants() -> dict[str, list[dict]]:
         v[f"gptq-noact-{tag}"] = [{"gptq": {**q, "act_order": False}}]
         v[f"awq-rtn-{tag}"] = [{"awq": q}, {"rtn": {**q, "clip_search": True}}]
         v[f"awq-gptq-{tag}"] = [{"awq": q}, {"gptq": q}]
+        v[f"awq-gptq-mse-{tag}"] = [{"awq": q}, {"gptq": {**q, "clip_search": True}}]
     return v
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from compress.algorithms.grid import QuantSpec, compute_qparams, pad_columns
+from compress.algorithms.hessian import damped, inverse_factor
 from compress.algorithms.mse_clip import mse_qparams
 
 
@@ -25,23 +26,14 @@ class GPTQResult:
     loss: float
 
 
-def _prepare_hessian(H: torch.Tensor, w: torch.Tensor, kp: int, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad H to Kp (padded inputs are dead), zero dead columns of w, add damp × mean diagonal."""
+def _prepare_hessian(H: torch.Tensor, w: torch.Tensor, kp: int, damp: float) -> torch.Tensor:
+    """Pad H to Kp (padded inputs are dead), damp it, and zero the dead columns of w in place."""
     k = H.shape[0]
     Hp = torch.zeros(kp, kp, dtype=torch.float64, device=H.device)
     Hp[:k, :k] = H.double()
-    dead = torch.diag(Hp) == 0
-    Hp[dead, dead] = 1.0
+    Hp, dead = damped(Hp, damp)
     w[:, dead] = 0
-    Hp.diagonal().add_(damp * torch.mean(torch.diag(Hp)))
-    return Hp, dead
-
-
-def _inverse_cholesky(H: torch.Tensor) -> torch.Tensor:
-    """Upper Cholesky factor of H⁻¹ (the GPTQ update coefficients), in float32."""
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
-    return torch.linalg.cholesky(Hinv, upper=True).float()
+    return Hp
 
 
 def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, damp: float = 0.01,
@@ -57,7 +49,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, damp: fl
     kp = spec.padded_in(k)
     g = spec.group_for(k)
     W = pad_columns(w.detach().float().clone(), kp)
-    Hp, _ = _prepare_hessian(H, W, kp, damp)
+    Hp = _prepare_hessian(H, W, kp, damp)
     qparams = mse_qparams if clip_search else compute_qparams
     ngroups = kp // g
     scale = torch.zeros(n, ngroups, device=W.device)
@@ -67,7 +59,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, damp: fl
         scale, zero = qparams(W, spec)
     perm = torch.argsort(torch.diag(Hp), descending=True) if act_order else torch.arange(kp, device=W.device)
     W = W[:, perm]
-    Hinv = _inverse_cholesky(Hp[perm][:, perm])
+    Hinv = inverse_factor(Hp[perm][:, perm])
     gidx = perm // g  # group of each (permuted) column
     Q = torch.zeros_like(W)
     loss = torch.zeros(n, device=W.device)

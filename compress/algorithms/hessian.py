@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from compress.errors import CompressError
+
 
 class Hessian:
     """Running estimate of the layer-wise least-squares Hessian from calibration inputs."""
@@ -20,15 +22,28 @@ class Hessian:
         x = x * (2.0 / self.n) ** 0.5
         self.H.addmm_(x.T, x)
 
-    def damped(self, damp: float) -> torch.Tensor:
-        """H with dead inputs fixed and `damp` × mean diagonal added, ready for Cholesky."""
-        H = self.H.clone()
-        dead = torch.diag(H) == 0
-        H[dead, dead] = 1.0
-        H.diagonal().add_(damp * torch.mean(torch.diag(H)))
-        return H
 
-    @property
-    def dead(self) -> torch.Tensor:
-        """Inputs that never fired: their weights can be zeroed at no cost."""
-        return torch.diag(self.H) == 0
+def damped(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H with dead inputs set to 1 on the diagonal and damp × mean diagonal added, in float64; the dead mask).
+
+    Dead inputs never fired: their weights can be zeroed at no cost.
+    """
+    Hd = H.double().clone()
+    dead = torch.diag(Hd) == 0
+    Hd[dead, dead] = 1.0
+    Hd.diagonal().add_(damp * torch.mean(torch.diag(Hd)))
+    return Hd, dead
+
+
+def inverse_factor(H: torch.Tensor) -> torch.Tensor:
+    """Upper Cholesky factor of H⁻¹ (the GPTQ / SparseGPT update coefficients), in float32.
+
+    A Hessian that is not positive definite (too few calibration tokens, damp 0) is a user-fixable
+    condition, so it is a one-line error rather than a linear-algebra traceback.
+    """
+    try:
+        L = torch.linalg.cholesky(H)
+        return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float()
+    except torch.linalg.LinAlgError:
+        raise CompressError("the calibration Hessian is not positive definite; raise `damp` "
+                            "or give more calibration tokens (calibration.samples / seq_len)") from None

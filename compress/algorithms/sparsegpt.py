@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from compress.algorithms.grid import QuantSpec, compute_qparams, pad_columns
+from compress.algorithms.hessian import damped, inverse_factor
 from compress.algorithms.masks import nm_mask, row_mask
 
 
@@ -28,12 +29,7 @@ class SparseGPTResult:
 
 def inverse_hessian_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp·mean(diag)·I)⁻¹, dead inputs fixed to 1 on the diagonal."""
-    H = H.clone().float()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
-    L = torch.linalg.cholesky(H)
-    return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    return inverse_factor(damped(H, damp)[0])
 
 
 def sparsegpt_prune(w: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None,

@@ -72,11 +72,11 @@ def kept_heads(scores: torch.Tensor, kv_heads: int, fraction: float, mode: str) 
     grouped = scores.reshape(kv_heads, per)
     if mode == "groups":
         kv = top_indices(grouped.sum(1), keep_count(kv_heads, fraction))
-        q = (kv.unsqueeze(1) * per + torch.arange(per)).reshape(-1)
+        q = (kv.unsqueeze(1) * per + torch.arange(per, device=scores.device)).reshape(-1)
         return q, kv
     keep = keep_count(per, fraction)
     q = torch.stack([g * per + top_indices(grouped[g], keep) for g in range(kv_heads)]).reshape(-1)
-    return q, torch.arange(kv_heads)
+    return q, torch.arange(kv_heads, device=scores.device)
 
 
 def block_influence(h_in: torch.Tensor, h_out: torch.Tensor) -> tuple[float, int]:

@@ -32,7 +32,7 @@ def prune_mlp(mlp: nn.Module, keep: torch.Tensor) -> None:
 
 def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     """Row indices of whole heads in a [heads · head_dim, ...] projection."""
-    return (heads.unsqueeze(1) * head_dim + torch.arange(head_dim)).reshape(-1)
+    return (heads.unsqueeze(1) * head_dim + torch.arange(head_dim, device=heads.device)).reshape(-1)
 
 
 def prune_attention(attn: nn.Module, q_heads: torch.Tensor, kv_heads: torch.Tensor) -> None:

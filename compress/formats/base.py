@@ -6,6 +6,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
+from compress.errors import CompressError
+
 
 class PackedLinear(nn.Module):
     """A linear layer whose weight is stored in a compressed form.
@@ -45,3 +47,10 @@ def register_format(cls: type[PackedLinear]) -> type[PackedLinear]:
         raise ValueError(f"format {cls.format!r} is empty or already registered")
     FORMATS[cls.format] = cls
     return cls
+
+
+def refuse_packed(modules: dict[str, nn.Module], where: str, kinds: tuple[type, ...], advice: str) -> None:
+    """A pass that rewrites dense weights must not silently skip or densify packed ones: one-line error."""
+    for name, mod in modules.items():
+        if isinstance(mod, kinds):
+            raise CompressError(f"{where}: {name} is already {type(mod).__name__} (format {mod.format!r}); {advice}")

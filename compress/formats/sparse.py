@@ -15,7 +15,6 @@ import torch.nn as nn
 
 from compress.formats.base import PackedLinear, register_format
 
-_BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -30,7 +29,7 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
 
 def unpack_mask(packed: torch.Tensor, cols: int) -> torch.Tensor:
     """Inverse of `pack_mask`."""
-    bits = (packed.unsqueeze(-1) & _BITS.to(packed.device)) != 0
+    bits = ((packed.unsqueeze(-1) >> torch.arange(8, device=packed.device, dtype=torch.uint8)) & 1) != 0
     return bits.reshape(packed.shape[0], -1)[:, :cols]
 
 

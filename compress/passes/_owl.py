@@ -29,6 +29,9 @@ class AllocatedPruneConfig(PruneConfig):
         super().check()
         if self.allocation == "owl" and self.pattern:
             raise ValueError("allocation: 'owl' is for unstructured sparsity; with an N:M pattern use 'uniform'")
+        if self.allocation == "owl" and not self.owl_lambda < self.sparsity < 1 - self.owl_lambda:
+            raise ValueError(f"owl_lambda: layer sparsities sparsity ± owl_lambda must stay inside (0, 1); "
+                             f"got sparsity {self.sparsity} and owl_lambda {self.owl_lambda}")
 
 
 def layer_sparsities(model: nn.Module, groups: dict[int, dict[str, nn.Module]], cfg: AllocatedPruneConfig,

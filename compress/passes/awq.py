@@ -15,6 +15,7 @@ from compress.algorithms.awq import awq_search
 from compress.algorithms.grid import QuantSpec
 from compress.context import Context
 from compress.errors import CompressError
+from compress.formats.base import PackedLinear, refuse_packed
 from compress.layerwise import decoder_layers, run_layerwise, watch_inputs
 from compress.registry import PassConfig, option, register_pass
 from compress.select import select_modules
@@ -109,6 +110,8 @@ class AWQLayers:
 def awq(model: nn.Module, cfg: AWQConfig, ctx: Context) -> nn.Module:
     """Activation-aware scale search, folded into the model; follow it with rtn or gptq."""
     chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where)
+    refuse_packed(dict(model.named_modules()), ctx.where, (PackedLinear,),
+                  "awq rescales dense weights: put it before pruning and quantization passes")
     decoder_layers(model)  # a clear error for non-Llama-like models before any work
     ids = ctx.calibration()
     algo = AWQLayers(chosen, cfg, ids.shape[0], ctx.calibration_cfg.seed)

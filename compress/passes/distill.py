@@ -17,7 +17,9 @@ from compress.distill.layers import DistillStudent, auto_layer_map
 from compress.distill.qat import pack_after_training, unpack_for_training
 from compress.distill.trainer import TrainSettings, train
 from compress.errors import CompressError
+from compress.formats.base import refuse_packed
 from compress.formats.quant_linear import QuantLinear
+from compress.formats.sparse import SparseLinear
 from compress.layerwise import decoder_layers
 from compress.models import compute_dtype, load_model
 from compress.registry import PassConfig, option, register_pass
@@ -145,6 +147,8 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> nn.Module:
     """Knowledge distillation from the original (or a named) model; int modules train quantization-aware."""
     teacher = _teacher(cfg, ctx, model)
     chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where, candidates=_candidates(model))
+    refuse_packed(chosen, ctx.where, (SparseLinear,), "distill cannot keep unstructured zeros yet: distill "
+                  "before the pruning pass, or add the sparse modules to `ignore`")
     store = next(model.parameters()).dtype
     for p in model.parameters():
         p.requires_grad_(False)

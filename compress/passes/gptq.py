@@ -11,6 +11,7 @@ from compress.algorithms.grid import QuantSpec
 from compress.algorithms.hessian import Hessian
 from compress.algorithms.rtn import rtn_quantize
 from compress.context import Context
+from compress.formats.base import PackedLinear, refuse_packed
 from compress.layerwise import decoder_layers, run_layerwise, watch_inputs
 from compress.passes.rtn import quantize_linear
 from compress.registry import PassConfig, option, register_pass
@@ -47,13 +48,14 @@ class GPTQLayers:
     def prepare(self, index: int, layer: nn.Module) -> None:
         self.hessians: dict[str, Hessian] = {}
         self._shared: set[str] = set()
-        self._last: tuple[tuple, str] | None = None
+        self._last: tuple[tuple, str, torch.Tensor] | None = None
         self._watch = watch_inputs(self.per_layer[index], self._add)
         self._watch.__enter__()
 
     def _add(self, name: str, x: torch.Tensor) -> None:
         """Accumulate x into the module's Hessian; q/k/v (and gate/up) see the same tensor, so
-        consecutive calls with one input share one Hessian instead of recomputing it."""
+        consecutive calls with one input share one Hessian instead of recomputing it. The last input
+        is kept alive so that a new tensor can never reuse its address and pass for it."""
         key = (x.data_ptr(), tuple(x.shape), x.stride())
         if name not in self.hessians:
             if self._last is not None and self._last[0] == key:
@@ -63,7 +65,7 @@ class GPTQLayers:
                 self.hessians[name] = Hessian(x.shape[1], x.device)
         if name not in self._shared:
             self.hessians[name].add_batch(x)
-        self._last = (key, name)
+        self._last = (key, name, x)
 
     def finish(self, index: int, layer: nn.Module) -> None:
         self._watch.__exit__(None, None, None)
@@ -83,13 +85,15 @@ class GPTQLayers:
                 set_module(self.model, name, quantize_linear(lin, res.codes[rows], res.scale[rows], res.zero[rows], spec))
                 row += lin.out_features
             self.losses[",".join(names)] = res.loss
-        self.hessians = {}
+        self.hessians, self._last = {}, None
 
 
 @register_pass("gptq", GPTQConfig, needs_calibration=True)
 def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
     """GPTQ weight-only quantization, layer by layer over calibration data (peak memory: one layer)."""
     chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where)
+    refuse_packed(chosen, ctx.where, (PackedLinear,), "gptq would fill pruned zeros or re-quantize; "
+                  "run it before other passes, use sparsegpt with `bits` to prune and quantize, or rtn after pruning")
     algo = GPTQLayers(model, chosen, cfg)
     in_layers = {n for per in algo.per_layer for n in per}
     ids = ctx.calibration()

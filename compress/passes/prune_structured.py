@@ -137,19 +137,19 @@ def prune_structured(model: nn.Module, cfg: PruneStructuredConfig, ctx: Context)
     if drop:
         model.model.layers = drop_layers(layers, drop)
         ctx.stats["dropped_layers"] = drop
-    _update_config(model)
+    _update_config(model, drop)
     ctx.stats["params_before"] = params_before
     ctx.stats["params_after"] = sum(p.numel() for p in model.parameters())
     return model
 
 
-def _update_config(model: nn.Module) -> None:
+def _update_config(model: nn.Module, dropped: list[int]) -> None:
     """Write uniform widths into the config (plain HF checkpoint); flag per-layer widths for compress.load."""
     cfg = model.config
     layers = decoder_layers(model)
     cfg.num_hidden_layers = len(layers)
     if getattr(cfg, "layer_types", None):
-        cfg.layer_types = cfg.layer_types[: len(layers)]
+        cfg.layer_types = [t for i, t in enumerate(cfg.layer_types) if i not in dropped]
     ffn = {layer.mlp.down_proj.in_features for layer in layers}
     attn = {(layer.self_attn.q_proj.out_features, layer.self_attn.k_proj.out_features) for layer in layers}
     hd = layers[0].self_attn.head_dim

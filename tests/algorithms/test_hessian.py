@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
-from compress.algorithms.hessian import Hessian
+from compress.algorithms.hessian import Hessian, damped, inverse_factor
+from compress.errors import CompressError
 
 
 def test_running_mean_equals_batch_formula():
@@ -20,6 +22,13 @@ def test_damped_fixes_dead_inputs():
     x = torch.randn(10, 4)
     x[:, 2] = 0
     h.add_batch(x)
-    assert h.dead.tolist() == [False, False, True, False]
-    d = h.damped(0.01)
-    assert d[2, 2] > 0 and torch.linalg.cholesky(d) is not None
+    d, dead = damped(h.H, 0.01)
+    assert dead.tolist() == [False, False, True, False] and d.dtype == torch.float64
+    assert d[2, 2] > 0 and inverse_factor(d).shape == (4, 4)
+
+
+def test_a_singular_hessian_is_a_one_line_error():
+    H = torch.zeros(3, 3, dtype=torch.float64)
+    H[0, 0], H[0, 1], H[1, 0], H[1, 1] = 1.0, 2.0, 2.0, 1.0  # indefinite: eigenvalues 3 and -1
+    with pytest.raises(CompressError, match="not positive definite; raise `damp`"):
+        inverse_factor(H)

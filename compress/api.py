@@ -20,7 +20,7 @@ from compress.data import source_path
 from compress.errors import CompressError
 from compress.eval.perplexity import perplexity
 from compress.fsutil import check_out_dir
-from compress.models import compute_dtype, default_device, load_model, storage_dtype
+from compress.models import compute_dtype, load_model, pick_device, storage_dtype
 from compress.recipe import PerplexityConfig, Recipe, apply_overrides, load_recipe, recipe_from_dict
 from compress.registry import get_pass
 
@@ -68,13 +68,13 @@ def run(recipe: Recipe | str | Path | dict, model: str | nn.Module | None = None
         check_out_dir(out_path, force)  # before any work: a refused run costs nothing
     for source in _sources(r):
         source_path(source)  # a missing data file fails now, not after loading the model
-    dev = torch.device(device) if device is not None else default_device()
+    dev = pick_device(device)
     model_spec = model if model is not None else r.model
     if model_spec is None:
         raise CompressError(f"{r.source}: no model given; pass --model or set 'model:' in the recipe")
     if isinstance(model_spec, nn.Module):
-        if tokenizer is None:
-            raise CompressError("run(model=<nn.Module>) needs tokenizer=")
+        if tokenizer is None and reads_text(r):
+            raise CompressError("run(model=<nn.Module>) needs tokenizer= (the recipe calibrates, distills or evaluates)")
         net, tok, name = model_spec, tokenizer, type(model_spec).__name__
     else:
         net, tok = load_model(model_spec, dev, compute_dtype(dev))
@@ -111,6 +111,11 @@ def run(recipe: Recipe | str | Path | dict, model: str | nn.Module | None = None
     return RunResult(net, tok, report, out_path)
 
 
+def reads_text(r: Recipe) -> bool:
+    """Whether the recipe needs a tokenizer: calibration data, a teacher to distill from, or an evaluation."""
+    return r.needs_calibration or r.evaluate is not None or any(get_pass(s.name).needs_teacher for s in r.steps)
+
+
 def _sources(r: Recipe) -> list[str]:
     out = [r.calibration.source] if r.needs_calibration else []
     if r.evaluate is not None and r.evaluate.perplexity is not None:
@@ -131,7 +136,7 @@ def evaluate(model: str | nn.Module, tokenizer: Any = None, *, data: str = "wiki
         net, tok = model, tokenizer
     else:
         source_path(data)
-        dev = torch.device(device) if device is not None else default_device()
+        dev = pick_device(device)
         net, tok = load_model(model, dev, compute_dtype(dev))
     return perplexity(net, tok, data, seq_len, max_windows, progress)
 

@@ -121,12 +121,12 @@ def load(path: str | Path, device: torch.device | str | None = None, dtype: torc
     """Rebuild a model saved by `save`: same modules, same buffers, same logits."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from compress.models import STORAGE_ATTR, config_dtype, compute_dtype, default_device
+    from compress.models import STORAGE_ATTR, config_dtype, compute_dtype, pick_device
 
     path = Path(path)
     if not (path / WEIGHTS).is_file():
         raise CompressError(f"{path}: not a compress checkpoint (no {WEIGHTS})")
-    device = torch.device(device) if device is not None else default_device()
+    device = pick_device(device)
     dtype = dtype or compute_dtype(device)
     manifest = _read_manifest(path) if is_checkpoint(path) else {"formats": {}}
     config = AutoConfig.from_pretrained(path)

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from compress.errors import CompressError
-from compress.models import default_device, fetch_smollm2
+from compress.models import fetch_smollm2, pick_device
 from compress.report import before_after_table
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -28,7 +26,7 @@ def run_demo(recipe: str, out: Path, max_windows: int | None, device: str | None
     """Run the demo and return the table to print."""
     from compress.api import run
 
-    dev = torch.device(device) if device else default_device()
+    dev = pick_device(device)
     if max_windows is None and dev.type == "cpu":
         max_windows = 8  # a CPU scores a 2048-token window in seconds; 8 windows keep the demo to minutes
     base = fetch_smollm2()

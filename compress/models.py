@@ -28,6 +28,21 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def pick_device(spec: str | torch.device | None) -> torch.device:
+    """cpu or cuda[:N] (None: CUDA when present); anything else, or CUDA on a machine without it, is a user error."""
+    if spec is None:
+        return default_device()
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise CompressError(f"--device {spec!r}: allowed: cpu, cuda, cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise CompressError(f"--device {spec!r}: allowed: cpu, cuda, cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CompressError(f"--device {spec!r}: no CUDA device on this machine; use cpu")
+    return dev
+
+
 def compute_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPUs; fp32 on CPUs, where bf16 matmuls are several times slower."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -90,3 +90,10 @@ def test_eval_bad_data_and_fetch_unknown(tiny_dir, tmp_path):
     assert res.exit_code == 2 and "unknown model 'gpt5'; allowed: smollm2" in res.stderr
     res = invoke("inspect", tmp_path)
     assert res.exit_code == 2 and "not a checkpoint directory" in res.stderr
+
+
+def test_bad_device_is_one_line(tiny_dir, recipe_file, tmp_path):
+    for args in (["run", recipe_file("passes: [rtn]\n"), "--model", tiny_dir, "--out", tmp_path / "o"], ["eval", tiny_dir]):
+        res = invoke(*args, "--device", "tpu")
+        assert res.exit_code == 2 and res.stderr.strip() == "error: --device 'tpu': allowed: cpu, cuda, cuda:N", res.output
+    assert not (tmp_path / "o").exists()

@@ -146,19 +146,6 @@ def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _device(spec: str | torch.device) -> torch.device:
-    """cpu or cuda[:N]; anything else, or CUDA on a machine without it, is a user error."""
-    try:
-        dev = torch.device(spec)
-    except (RuntimeError, TypeError):
-        raise CompressError(f"bench: --device {spec!r}: allowed: cpu, cuda, cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise CompressError(f"bench: --device {spec!r}: allowed: cpu, cuda, cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CompressError(f"bench: --device {spec!r}: no CUDA device on this machine; use cpu")
-    return dev
-
-
 def benchmark(entries: list[str], settings: BenchSettings | None = None, device: str | torch.device | None = None,
               progress: bool = True) -> dict[str, Any]:
     """Measure every entry (model, checkpoint, recipe on the base, or random:SHAPE); the first is the base.
@@ -167,10 +154,10 @@ def benchmark(entries: list[str], settings: BenchSettings | None = None, device:
     """
     from compress.data import source_path
     from compress.eval.entries import check_entries
-    from compress.models import default_device
+    from compress.models import pick_device
 
     check_entries(list(entries))
-    dev = _device(device) if device is not None else default_device()
+    dev = pick_device(device)
     s = (settings or BenchSettings()).resolved(dev)
     if not s.skip_perplexity:
         source_path(s.data)  # a missing data file fails before any model loads
@@ -194,7 +181,7 @@ def _measure_all(entries: list[str], s: BenchSettings, dev: torch.device, progre
     for spec, loaded in iter_entries(entries, dev, progress):
         if progress:
             print(f"bench: measuring {spec} …", file=sys.stderr, flush=True)
-        row = {"name": spec, "kind": loaded.kind, "random_weights": loaded.kind == "random", "size_bytes": loaded.size_bytes}
+        row = {"name": spec, "kind": loaded.kind, "random_weights": loaded.random_weights, "size_bytes": loaded.size_bytes}
         row.update(measure(loaded.model, loaded.tokenizer, s, progress, timings=not s.interleave))
         rows.append(row)
         if s.interleave:

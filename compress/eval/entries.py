@@ -35,6 +35,7 @@ class Loaded:
     tokenizer: Any
     kind: str  # "model", "recipe" or "random"
     size_bytes: int | None  # weights on disk; None when the model never was on disk
+    random_weights: bool = False  # a random: shape, or a recipe applied to one (speed only)
 
 
 def is_recipe(spec: str) -> bool:
@@ -51,10 +52,14 @@ def check_entries(entries: list[str]) -> None:
         if e.startswith(RANDOM_PREFIX) and e[len(RANDOM_PREFIX):] not in RANDOM_SHAPES:
             raise CompressError(f"bench: unknown random shape {e!r}; allowed: {', '.join(RANDOM_PREFIX + k for k in RANDOM_SHAPES)}")
         if is_recipe(e):
-            if entries[0].startswith(RANDOM_PREFIX):
-                raise CompressError(f"bench: recipe {e!r} needs a real base model with a tokenizer, not {entries[0]!r}")
             if not Path(e).is_file():
                 raise CompressError(f"bench: recipe {e!r} not found")
+            from compress.api import as_recipe, reads_text
+
+            recipe = dataclasses.replace(as_recipe(e), evaluate=None)  # validated now, not after earlier entries ran
+            if entries[0].startswith(RANDOM_PREFIX) and reads_text(recipe):
+                raise CompressError(f"bench: recipe {e!r} reads text (calibration or a teacher), so it needs a real "
+                                    f"base model with a tokenizer, not {entries[0]!r}; data-free recipes (rtn, magnitude) work")
 
 
 def disk_size(spec: str) -> int | None:
@@ -84,11 +89,15 @@ def _recipe_entry(path: str, base: str, device: torch.device, progress: bool) ->
     """Run a recipe on the base (its evaluate section skipped: bench measures), save it to measure the bytes."""
     from compress.api import as_recipe, run
 
+    from compress.models import compute_dtype
+
     recipe = dataclasses.replace(as_recipe(path), evaluate=None)
+    on_random = base.startswith(RANDOM_PREFIX)
+    model: str | nn.Module = random_model(base[len(RANDOM_PREFIX):], device, compute_dtype(device)) if on_random else base
     with tempfile.TemporaryDirectory(prefix="compress-bench-") as td:
-        res = run(recipe, base, out=Path(td) / "ckpt", device=device, progress=progress)
+        res = run(recipe, model, out=Path(td) / "ckpt", device=device, progress=progress)
         size = (Path(td) / "ckpt" / "model.safetensors").stat().st_size
-    return Loaded(res.model, res.tokenizer, "recipe", size)
+    return Loaded(res.model, res.tokenizer, "recipe", size, random_weights=on_random)
 
 
 def load_entry(spec: str, base: str, device: torch.device, progress: bool = False) -> Loaded:
@@ -96,7 +105,7 @@ def load_entry(spec: str, base: str, device: torch.device, progress: bool = Fals
     from compress.models import compute_dtype, load_model
 
     if spec.startswith(RANDOM_PREFIX):
-        return Loaded(random_model(spec[len(RANDOM_PREFIX):], device, compute_dtype(device)), None, "random", None)
+        return Loaded(random_model(spec[len(RANDOM_PREFIX):], device, compute_dtype(device)), None, "random", None, True)
     if is_recipe(spec):
         return _recipe_entry(spec, base, device, progress)
     model, tok = load_model(spec, device, compute_dtype(device))

@@ -69,7 +69,7 @@ def test_entry_checks(tmp_path):
         check_entries([str(r)])
     with pytest.raises(CompressError, match="allowed: random:smollm2-135m"):
         check_entries(["random:gpt5"])
-    with pytest.raises(CompressError, match="needs a real base"):
+    with pytest.raises(CompressError, match="r.yaml: passes: expected a non-empty list"):  # before anything is measured
         check_entries(["random:smollm2-135m", str(r)])
     with pytest.raises(CompressError, match="not found"):
         check_entries(["m", str(tmp_path / "missing.yaml")])
@@ -78,7 +78,7 @@ def test_entry_checks(tmp_path):
 
 
 def test_device_and_threads_checks():
-    from compress.eval.bench import _device
+    from compress.models import pick_device as _device
 
     assert _device("cpu") == torch.device("cpu")
     with pytest.raises(CompressError, match="allowed: cpu, cuda"):
@@ -115,3 +115,26 @@ def test_interleave_needs_eager():
     assert BenchSettings(interleave=True).resolved(torch.device("cpu")).interleave
     with pytest.raises(CompressError, match="interleave needs decode mode 'eager'"):
         BenchSettings(interleave=True).resolved(torch.device("cuda"))
+
+
+def test_data_free_recipe_on_a_random_shape_is_packed_and_flagged(monkeypatch, tmp_path):
+    """Speed of int8 on a model shape nobody has weights for (e.g. random:llama3-8b) runs the recipe on it."""
+    import compress.eval.bench as bench
+    from compress.eval import entries
+
+    monkeypatch.setitem(entries.RANDOM_SHAPES, "tiny", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                            num_attention_heads=4, num_key_value_heads=2, vocab_size=300))
+    recipe = tmp_path / "int8.yaml"
+    recipe.write_text("passes:\n  - rtn: {bits: 8}\n")
+    s = BenchSettings(prefill=(8,), batches=(1,), new_tokens=2, warmup=0, repeats=1, skip_perplexity=True)
+    rows = bench.benchmark(["random:tiny", str(recipe)], s, "cpu", progress=False)["results"]
+    assert [r["random_weights"] for r in rows] == [True, True] and rows[1]["kind"] == "recipe"
+    assert set(rows[1]["weight_bytes_by_format"]) == {"dense", "int8/g-1"}  # embeddings stay dense
+    assert rows[1]["memory_bytes"] < 0.8 * rows[0]["memory_bytes"]
+
+
+def test_a_recipe_that_reads_text_is_refused_on_a_random_base(tmp_path):
+    recipe = tmp_path / "gptq.yaml"
+    recipe.write_text("passes:\n  - gptq: {bits: 4}\n")
+    with pytest.raises(CompressError, match="reads text .* needs a real base model"):
+        check_entries(["random:smollm2-135m", str(recipe)])

@@ -30,7 +30,11 @@ def select_modules(model: nn.Module, targets: tuple[str, ...], ignore: tuple[str
         chosen = {n: m for n, m in pool.items() if any(fnmatchcase(n, p) for p in targets)}
     else:
         chosen = dict(pool)
-    return {n: m for n, m in chosen.items() if not any(fnmatchcase(n, p) for p in ignore)}
+    left = {n: m for n, m in chosen.items() if not any(fnmatchcase(n, p) for p in ignore)}
+    if not left:  # e.g. every linear already packed by an earlier pass: say so instead of doing nothing
+        raise CompressError(f"{where}: targets/ignore leave no module to work on ({len(pool)} dense candidates; "
+                            "modules packed by an earlier pass are not candidates)")
+    return left
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:

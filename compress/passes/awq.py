@@ -109,9 +109,9 @@ class AWQLayers:
 @register_pass("awq", AWQConfig, needs_calibration=True)
 def awq(model: nn.Module, cfg: AWQConfig, ctx: Context) -> nn.Module:
     """Activation-aware scale search, folded into the model; follow it with rtn or gptq."""
-    chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where)
     refuse_packed(dict(model.named_modules()), ctx.where, (PackedLinear,),
                   "awq rescales dense weights: put it before pruning and quantization passes")
+    chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where)
     decoder_layers(model)  # a clear error for non-Llama-like models before any work
     ids = ctx.calibration()
     algo = AWQLayers(chosen, cfg, ids.shape[0], ctx.calibration_cfg.seed)

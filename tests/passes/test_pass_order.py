@@ -14,6 +14,7 @@ WANDA = {"wanda": {"sparsity": 0.5}}
 
 @pytest.mark.parametrize("first, then, match", [
     (WANDA, {"gptq": {"bits": 4, "group_size": 32}}, r"pass 'gptq' \(#2\): model\.layers\.0\.self_attn\.q_proj is already SparseLinear"),
+    ({"rtn": {"bits": 8}}, {"gptq": {"bits": 4}}, r"pass 'gptq' \(#2\): targets/ignore leave no module to work on"),
     ({"rtn": {"bits": 8}}, {"awq": {}}, r"pass 'awq' \(#2\).*already QuantLinear.*put it before pruning and quantization"),
     ({"magnitude": {"sparsity": 0.5}}, {"distill": {"steps": 1, "seq_len": 16, "batch_size": 1, "eval_windows": 1}},
      r"pass 'distill' \(#2\).*already SparseLinear.*distill before the pruning pass"),

@@ -161,7 +161,8 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def inspect(path: str | Path) -> dict[str, Any]:
-    """Per-module format and bytes on disk, read from the safetensors header (no weights loaded)."""
+    """Per-module format and bytes on disk from the safetensors header; the zero fraction of dense weights
+    is read too, for weight files up to 2 GiB."""
     path = Path(path)
     if not (path / WEIGHTS).is_file():
         raise CompressError(f"{path}: not a checkpoint directory (no {WEIGHTS})")
@@ -188,7 +189,11 @@ def inspect(path: str | Path) -> dict[str, Any]:
 
 
 def _dense_sparsity(weights: Path, modules: dict[str, dict[str, Any]]) -> None:
-    """Fraction of exact zeros in each dense 2-D weight up to 64M entries (pruned-but-dense modules show up too)."""
+    """Fraction of exact zeros in each dense 2-D weight up to 64M entries (pruned-but-dense modules show up too).
+
+    Skipped for weight files over 2 GiB: reading every weight of a large model would make inspect slow."""
+    if weights.stat().st_size > DENSE_SCAN_BYTES:
+        return
     with safe_open(str(weights), "pt") as f:
         for name, row in modules.items():
             t = row["tensors"].get("weight")
@@ -197,4 +202,5 @@ def _dense_sparsity(weights: Path, modules: dict[str, dict[str, Any]]) -> None:
                 row["sparsity"] = round(float((w == 0).float().mean()), 6)
 
 
+DENSE_SCAN_BYTES = 2**31
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}

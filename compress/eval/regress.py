@@ -134,6 +134,7 @@ def regress(baseline_path: str | Path, current_path: str | Path | None = None, d
     The device defaults to the baseline's kind (cpu for a CPU baseline), so ratios stay comparable.
     """
     from compress.eval.bench import BenchSettings, benchmark
+    from compress.models import pick_device
 
     baseline = load_report(baseline_path)
     tol = tolerances_of(baseline, tolerances)
@@ -141,7 +142,10 @@ def regress(baseline_path: str | Path, current_path: str | Path | None = None, d
         current = load_report(current_path, "results")
     else:
         settings = BenchSettings.from_dict(baseline["settings"], f"baseline {baseline_path}")
-        dev = device or ("cuda" if baseline["env"].get("label") == "CUDA" else "cpu")
+        label = baseline["env"].get("label")
+        dev = pick_device(device or ("cuda" if label == "CUDA" else "cpu"))
+        if dev.type.upper() != label:  # fail before minutes of measuring, not after
+            raise CompressError(f"regress: baseline was measured on {label}, --device {device!r} is not; compare like with like")
         current = benchmark(baseline["entries"], settings, dev, progress)
     check_same_setup(baseline, current)
     return compare(baseline, current, tol), current

@@ -88,3 +88,14 @@ def test_load_report_errors(tmp_path):
     ok = tmp_path / "ok.json"
     ok.write_text(json.dumps(copy.deepcopy(report())))
     assert load_report(ok)["entries"] == ["base", "int4.yaml"]
+
+
+def test_a_device_unlike_the_baseline_fails_before_measuring(tmp_path, monkeypatch):
+    import compress.eval.bench as bench
+    from compress.eval.regress import regress
+
+    monkeypatch.setattr(bench, "benchmark", lambda *a, **k: pytest.fail("measured before checking the device"))
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps({**report(label="CUDA"), "tolerances": TOL}))
+    with pytest.raises(CompressError, match="baseline was measured on CUDA, --device 'cpu' is not"):
+        regress(path, device="cpu", progress=False)

@@ -38,7 +38,7 @@ def test_weight_view_is_read_only():
         mod.weight.mul_(2)
 
 
-def test_checkpoint_is_smaller_and_exact(tmp_path, tiny_model, tokenizer):
+def test_checkpoint_is_smaller_and_exact(tmp_path, tiny_model, tokenizer, monkeypatch):
     from compress.select import set_module
 
     torch.manual_seed(1)
@@ -57,6 +57,9 @@ def test_checkpoint_is_smaller_and_exact(tmp_path, tiny_model, tokenizer):
     row = info["modules"]["model.layers.0.mlp.up_proj"]
     assert row["format"].startswith("sparse:") and row["sparsity"] == pytest.approx(0.5, abs=0.05)
     assert info["modules"]["model.embed_tokens"]["sparsity"] == 0.0
+    monkeypatch.setattr(checkpoint, "DENSE_SCAN_BYTES", 0)  # a weight file "too big": dense zero counts skipped
+    big = checkpoint.inspect(ck)
+    assert "sparsity" not in big["modules"]["model.embed_tokens"] and "sparsity" in big["modules"]["model.layers.0.mlp.up_proj"]
     # the linears are 0.5·2 + 1/8 bytes per weight instead of 2 (embeddings stay dense)
     lin_bytes = lambda i: sum(r["bytes"] for n, r in i["modules"].items() if ".layers." in n and "proj" in n)
     assert lin_bytes(info) < 0.62 * lin_bytes(checkpoint.inspect(dense_dir))

@@ -12,25 +12,21 @@ import torch
 import torch.nn as nn
 
 from compress.algorithms.awq import awq_search
-from compress.algorithms.grid import QuantSpec
 from compress.context import Context
 from compress.errors import CompressError
 from compress.formats.base import PackedLinear, refuse_packed
 from compress.layerwise import decoder_layers, run_layerwise, watch_inputs
-from compress.registry import PassConfig, option, register_pass
+from compress.passes.rtn import GridConfig
+from compress.registry import option, register_pass
 from compress.select import select_modules
 
 
 @dataclass(frozen=True, kw_only=True)
-class AWQConfig(PassConfig):
-    bits: int = option(4, "bits of the quantizer that follows (the search simulates it)", choices=(4, 8))
-    group_size: int = option(128, "group size of the quantizer that follows; -1 = per channel", choices=(-1, 32, 64, 128, 256))
-    symmetric: bool = option(False, "symmetric grid of the quantizer that follows")
+class AWQConfig(GridConfig):
+    """bits / group_size / symmetric: the grid of the quantizer that follows (the search simulates it)."""
+
     grid: int = option(20, "number of α steps searched in [0, 1]", min=1, max=100)
     max_tokens: int = option(4096, "calibration tokens kept per layer input to score each α", min=16)
-
-    def spec(self) -> QuantSpec:
-        return QuantSpec(self.bits, self.group_size, self.symmetric)
 
 
 def scale_groups(layer: nn.Module) -> list[tuple[nn.Module, list[nn.Linear]]]:
@@ -108,7 +104,7 @@ class AWQLayers:
 
 @register_pass("awq", AWQConfig, needs_calibration=True)
 def awq(model: nn.Module, cfg: AWQConfig, ctx: Context) -> nn.Module:
-    """Activation-aware scale search, folded into the model; follow it with rtn or gptq."""
+    """Activation-aware scales folded into the model; bits/group_size/symmetric: the rtn or gptq pass that follows."""
     refuse_packed(dict(model.named_modules()), ctx.where, (PackedLinear,),
                   "awq rescales dense weights: put it before pruning and quantization passes")
     chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where)

@@ -7,30 +7,23 @@ import torch
 import torch.nn as nn
 
 from compress.algorithms.gptq import gptq_quantize
-from compress.algorithms.grid import QuantSpec
 from compress.algorithms.hessian import Hessian
 from compress.algorithms.rtn import rtn_quantize
 from compress.context import Context
 from compress.formats.base import PackedLinear, refuse_packed
 from compress.layerwise import decoder_layers, run_layerwise, watch_inputs
-from compress.passes.rtn import quantize_linear
-from compress.registry import PassConfig, option, register_pass
+from compress.passes.rtn import GridConfig, quantize_linear
+from compress.registry import option, register_pass
 from compress.select import select_modules, set_module
 
 
 @dataclass(frozen=True, kw_only=True)
-class GPTQConfig(PassConfig):
-    bits: int = option(4, "bits per weight", choices=(4, 8))
-    group_size: int = option(128, "weights per scale along the input dim; -1 = one scale per output channel", choices=(-1, 32, 64, 128, 256))
-    symmetric: bool = option(False, "symmetric grid (no zero point); false stores an integer zero point per group")
+class GPTQConfig(GridConfig):
     damp: float = option(0.01, "Hessian dampening, as a fraction of its mean diagonal", min=0.0, max=1.0)
     act_order: bool = option(True, "quantize columns by decreasing activation energy (implies static groups)")
     static_groups: bool = option(False, "group ranges from the original weight rather than the error-updated one")
     block_size: int = option(128, "columns updated lazily together (speed only)", min=1)
     clip_search: bool = option(False, "MSE-searched group ranges instead of min/max")
-
-    def spec(self) -> QuantSpec:
-        return QuantSpec(self.bits, self.group_size, self.symmetric)
 
 
 class GPTQLayers:

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from compress.errors import CompressError
 from compress.eval import speed
-from compress.eval.entries import iter_entries
+from compress.eval.entries import check_entries, iter_entries
 from compress.eval.fast_decode import MODES, resolve_mode
 
 SCHEMA_VERSION = 1
@@ -153,7 +153,6 @@ def benchmark(entries: list[str], settings: BenchSettings | None = None, device:
     Returns {"results": [row, ...], "env": {...}, "settings": {...}, "entries": [...]}.
     """
     from compress.data import source_path
-    from compress.eval.entries import check_entries
     from compress.models import pick_device
 
     check_entries(list(entries))

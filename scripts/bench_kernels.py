@@ -94,7 +94,7 @@ def bench_linears(ms: list[int]) -> list[dict]:
                 wbytes = nbytes(mod.qweight, mod.scales, mod.zeros)
                 for name, fn in backends(mod, m).items():
                     us = time_us(lambda: fn(x))
-                    label = name if name != "auto" else f"auto({choose_kernel(x.device, m, mod, x.dtype)})"
+                    label = name if name != "auto" else f"auto({choose_kernel(x.device, m, mod)})"
                     batch.append({"shape": shape, "N": n, "K": k, "M": m, "format": f, "backend": label, "us": us,
                                   "GB/s": (wbytes + io) / us / 1e3, "speedup": base / us})
             for name, (layer, wb) in bnb.items():

@@ -3,6 +3,11 @@
 Buffers: `qweight` (int8 [N, Kp] for 8 bits, codes shifted by -128; uint8 [N, Kp/2] for 4 bits,
 low nibble = even column), `scales` [N, G] and, when asymmetric, integer-valued `zeros` [N, G] in
 the compute dtype. Kp is K padded to whole groups (zeros beyond K never meet an input).
+
+That portable layout is what checkpoints and `state_dict()` hold. In memory an int4 module keeps
+its weight in the layout of its device's kernel (`layout`: see `int4_layout`), converted when the
+module is built, loaded or moved, plus the kernel's scale/zero table `sz` (a buffer, so it is
+counted): one copy of the weight, and a forward that is one kernel call.
 """
 from __future__ import annotations
 
@@ -11,7 +16,10 @@ from typing import Any
 import torch
 
 from compress.algorithms.grid import QuantSpec, dequantize
+from compress.formats import int4_layout
 from compress.formats.base import PackedLinear, register_format
+
+KERNEL_LAYOUTS = {"cpu": "cpu_int4", "cuda": "cuda_tinygemm"}  # int4 layout per device type (else portable)
 
 
 def pack_codes(q: torch.Tensor, bits: int) -> torch.Tensor:
@@ -50,6 +58,11 @@ class QuantLinear(PackedLinear):
         self.register_buffer("scales", torch.zeros(out_features, groups, dtype=dtype))
         self.register_buffer("zeros", None if spec.symmetric else torch.zeros(out_features, groups, dtype=dtype))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype) if bias else None)
+        self.register_buffer("sz", None, persistent=False)  # tinygemm (scale, zero) table in kernel layouts
+        self.layout = "portable"
+        self.register_state_dict_post_hook(_portable_state)
+        self.register_load_state_dict_pre_hook(lambda mod, *args: mod.set_layout("portable"))
+        self.register_load_state_dict_post_hook(lambda mod, _keys: mod.set_layout(mod.kernel_layout()))
 
     @classmethod
     def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec,
@@ -73,7 +86,44 @@ class QuantLinear(PackedLinear):
         return cls(in_features, out_features, QuantSpec(**spec), bias, dtype)
 
     def codes(self) -> torch.Tensor:
+        """uint8 codes [N, Kp], whatever the in-memory layout."""
+        if self.layout == "cpu_int4":
+            return int4_layout.cpu_unpack(self.qweight)
+        if self.layout == "cuda_tinygemm":
+            return int4_layout.cuda_unpack(self.qweight, self.out_features, self.qspec.padded_in(self.in_features))
         return unpack_codes(self.qweight, self.qspec.bits)
+
+    def kernel_layout(self, device: torch.device | None = None) -> str:
+        """The layout this module runs fastest in on `device` (its own by default)."""
+        from compress.kernels.int4_tinygemm import tinygemm_group
+
+        dev = device or self.qweight.device
+        if self.qspec.bits != 4 or tinygemm_group(self) is None:
+            return "portable"
+        return KERNEL_LAYOUTS.get(dev.type, "portable")
+
+    def set_layout(self, layout: str) -> None:
+        """Re-store the weight in `layout` (exact: only the arrangement of the codes changes)."""
+        if layout == self.layout:
+            return
+        from compress.kernels.int4_tinygemm import scales_and_zeros, tinygemm_group
+
+        codes = self.codes()
+        if layout == "portable":
+            self.qweight, self.sz = pack_codes(codes, self.qspec.bits), None
+        else:
+            pack = int4_layout.cpu_pack if layout == "cpu_int4" else int4_layout.cuda_convert
+            group = tinygemm_group(self)
+            assert group is not None, f"{layout} needs a tinygemm-compatible module"
+            self.qweight, self.sz = pack(codes), scales_and_zeros(self, group).to(codes.device)
+        self.layout = layout
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        """Device and dtype moves go through the portable layout, then into the new device's kernel layout."""
+        self.set_layout("portable")
+        super()._apply(fn, recurse)
+        self.set_layout(self.kernel_layout())
+        return self
 
     def zero_points(self) -> torch.Tensor:
         if self.zeros is not None:
@@ -88,3 +138,9 @@ class QuantLinear(PackedLinear):
         from compress.kernels import quant_linear
 
         return quant_linear(x, self)
+
+
+def _portable_state(mod: QuantLinear, state: dict[str, torch.Tensor], prefix: str, _meta: Any) -> None:
+    """Checkpoints hold the portable layout whatever the module runs in."""
+    if mod.layout != "portable":
+        state[prefix + "qweight"] = pack_codes(mod.codes(), mod.qspec.bits)

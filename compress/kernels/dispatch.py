@@ -1,9 +1,9 @@
 """Pick the kernel for a QuantLinear call by device, format and the number of rows M.
 
 | device | format | M | kernel |
-| cpu | int8 per-channel sym | ≤ 4 | aten `_weight_int8pack_mm` |
-| cpu | int4, tinygemm-compatible | ≤ 4 (fp32), ≤ 32 (bf16) | aten `_weight_int4pack_mm_for_cpu` (x's dtype) |
-| cuda | int4, tinygemm-compatible | ≤ 16 | aten `_weight_int4pack_mm` (tinygemm, bf16) |
+| cpu | int8 per-channel sym | ≤ CPU_INT8PACK_MAX_M | aten `_weight_int8pack_mm` (bf16) |
+| cpu | int4 in layout cpu_int4 | ≤ CPU_INT4PACK_MAX_M | aten `_weight_int4pack_mm_for_cpu` (bf16) |
+| cuda | int4 in layout cuda_tinygemm | ≤ 16 | aten `_weight_int4pack_mm` (tinygemm, bf16) |
 | cuda | int8, triton installed | ≤ 16 | Triton fused dequant-GEMM (`triton_int8`) |
 | any | any | any other | dequantize to x's dtype, dense matmul (cuBLAS for prefill) |
 
@@ -17,25 +17,30 @@ import torch
 import torch.nn.functional as F
 
 from compress.kernels import triton_int8
-from compress.kernels.int4_tinygemm import int4_tinygemm, tinygemm_group
+from compress.kernels.int4_tinygemm import KERNEL_DTYPE, int4_tinygemm
 
 if TYPE_CHECKING:
     from compress.formats.quant_linear import QuantLinear
 
-CPU_INT8PACK_MAX_M = 4  # measured on an AVX2 CPU: aten's int8 GEMM beats dequantize+matmul only up to M≈4
-# measured on this AVX2 CPU (1536×576, 576×1536): int4pack beats dequant+matmul up to M≈32 in bf16, M≈4 in fp32
-CPU_INT4PACK_MAX_M = {torch.bfloat16: 32, torch.float32: 4}
+# CPU crossovers in M, from benchmarks/cpu_kernels.py (table in docs/quantization.md): past them
+# dequantize + dense matmul is faster
+CPU_INT8PACK_MAX_M = 4
+CPU_INT4PACK_MAX_M = 32
 CUDA_SMALL_M = 16  # decode-sized calls; prefill (tinygemm ~25× slower than bf16 at M=2048) dequantizes. Unmeasured: bench_kernels.py
 
 
 def _int8_per_channel_sym(mod: "QuantLinear") -> bool:
+    """What `_weight_int8pack_mm` computes; its bf16 CPU kernel reads past rows (wrong results, even a
+    segfault, torch 2.13) unless K is a multiple of 16."""
     s = mod.qspec
-    return s.bits == 8 and s.symmetric and s.group_size == -1
+    return s.bits == 8 and s.symmetric and s.group_size == -1 and mod.in_features % 16 == 0
 
 
 def int8pack_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
-    """aten's int8 weight-only GEMM: reads int8 weights directly, scale per output channel."""
-    return torch.ops.aten._weight_int8pack_mm(x2d, mod.qweight, mod.scales[:, 0].to(x2d.dtype))
+    """aten's int8 weight-only GEMM: reads int8 weights directly, scale per output channel (bf16: the
+    fp32 kernel was 14× slower on our CPU)."""
+    y = torch.ops.aten._weight_int8pack_mm(x2d.to(KERNEL_DTYPE), mod.qweight, mod.scales[:, 0].to(KERNEL_DTYPE))
+    return y.to(x2d.dtype)
 
 
 def dequant(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
@@ -49,18 +54,17 @@ KERNELS: dict[str, Callable[[torch.Tensor, "QuantLinear"], torch.Tensor]] = {
 }
 
 
-def choose_kernel(device: torch.device, m: int, mod: "QuantLinear", dtype: torch.dtype = torch.float32) -> str:
-    """The name (in KERNELS) of the kernel for an [m, K] input of `dtype` on `device`."""
-    bits = mod.qspec.bits
+def choose_kernel(device: torch.device, m: int, mod: "QuantLinear") -> str:
+    """The name (in KERNELS) of the kernel for an [m, K] input on `device`."""
     if device.type == "cpu":
         if _int8_per_channel_sym(mod) and m <= CPU_INT8PACK_MAX_M:
             return "int8pack_cpu"
-        if bits == 4 and m <= CPU_INT4PACK_MAX_M.get(dtype, 0) and tinygemm_group(mod) is not None:
+        if mod.layout == "cpu_int4" and m <= CPU_INT4PACK_MAX_M:
             return "int4pack_cpu"
     elif device.type == "cuda" and m <= CUDA_SMALL_M:
-        if bits == 4 and tinygemm_group(mod) is not None:
+        if mod.layout == "cuda_tinygemm":
             return "tinygemm"
-        if bits == 8 and triton_int8.available():
+        if mod.qspec.bits == 8 and triton_int8.available():
             return "triton_int8"
     return "dequant"
 
@@ -68,7 +72,7 @@ def choose_kernel(device: torch.device, m: int, mod: "QuantLinear", dtype: torch
 def quant_linear(x: torch.Tensor, mod: "QuantLinear", kernel: str | None = None) -> torch.Tensor:
     """y = x · Wᵀ + b for a packed weight, on the best kernel for this call (or the one named)."""
     m = x.numel() // x.shape[-1]
-    name = kernel or choose_kernel(x.device, m, mod, x.dtype)
+    name = kernel or choose_kernel(x.device, m, mod)
     y = KERNELS[name](x.reshape(m, x.shape[-1]), mod).reshape(*x.shape[:-1], mod.out_features)
     return y if mod.bias is None else y + mod.bias.to(y.dtype)
 

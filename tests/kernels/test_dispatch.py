@@ -1,38 +1,70 @@
-"""Every format through `quant_linear` (whatever kernel dispatch picks on this CPU) against dense math."""
+"""Every kernel that can run on this CPU, named explicitly, against fp64 x·Wᵀ of the unquantized weight;
+and which kernel dispatch picks for each case."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from compress.algorithms.grid import QuantSpec
+from compress.kernels import dispatch
 from compress.kernels.dispatch import choose_kernel, quant_linear
-from tests.kernels.quantized import make, reference, rel_err
+from tests.kernels.quantized import build, check, make
 
 SPECS = [QuantSpec(8, -1, True), QuantSpec(8, 64, False), QuantSpec(4, 32, False), QuantSpec(4, 128, True),
          QuantSpec(4, -1, False)]
+CPU = torch.device("cpu")
+
+
+def cpu_kernels(mod) -> list[str]:
+    """The kernels that can run this module on a CPU."""
+    names = ["dequant"]
+    if dispatch._int8_per_channel_sym(mod):
+        names.append("int8pack_cpu")
+    if mod.layout == "cpu_int4":
+        names.append("int4pack_cpu")
+    return names
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 @pytest.mark.parametrize("m", [1, 7, 16, 17, 512])
-@pytest.mark.parametrize("nk", [(64, 576), (24, 80)])  # SmolLM2's K=576 (not a multiple of 128); odd tiny shapes
-def test_matches_dequantized_reference(spec, m, nk):
-    mod = make(spec, *nk)
-    x = torch.randn(m, nk[1])
-    assert rel_err(quant_linear(x, mod), reference(x, mod)) < 1e-5
+@pytest.mark.parametrize("nk", [(64, 576), (48, 80)])  # SmolLM2's K=576 (not a multiple of 128); odd tiny shapes
+def test_every_cpu_kernel_matches_the_unquantized_matmul(spec, m, nk):
+    case = build(spec, *nk)
+    x = torch.randn(m, nk[1], generator=torch.Generator().manual_seed(m))
+    for name in cpu_kernels(case.mod):
+        eps = 1e-6 if name == "dequant" else 2.0**-8  # int kernels take bf16 activations
+        check(quant_linear(x, case.mod, name), x, case, eps)
+    check(quant_linear(x, case.mod), x, case)  # whatever dispatch picks
 
 
 def test_dispatch_choices_on_cpu():
-    cpu = torch.device("cpu")
     int8, int4 = make(QuantSpec(8, -1, True), 64, 576), make(QuantSpec(4, 64, False), 64, 576)
-    assert choose_kernel(cpu, 1, int8) == "int8pack_cpu" and choose_kernel(cpu, 17, int8) == "dequant"
-    assert choose_kernel(cpu, 1, int4) == "int4pack_cpu" and choose_kernel(cpu, 512, int4) == "dequant"
-    assert choose_kernel(cpu, 16, int4, torch.bfloat16) == "int4pack_cpu"
+    assert choose_kernel(CPU, 1, int8) == "int8pack_cpu"
+    assert choose_kernel(CPU, dispatch.CPU_INT8PACK_MAX_M + 1, int8) == "dequant"
+    assert choose_kernel(CPU, 1, int4) == "int4pack_cpu"
+    assert choose_kernel(CPU, dispatch.CPU_INT4PACK_MAX_M, int4) == "int4pack_cpu"
+    assert choose_kernel(CPU, dispatch.CPU_INT4PACK_MAX_M + 1, int4) == "dequant"
     odd = make(QuantSpec(4, 64, False), 32, 80)  # K=80 padded to 128: group 64 tiles it
-    assert choose_kernel(cpu, 1, odd) == "int4pack_cpu"
-    assert choose_kernel(cpu, 1, make(QuantSpec(4, 64, False), 24, 64)) == "dequant"  # N not a multiple of 16
+    assert odd.layout == "cpu_int4" and choose_kernel(CPU, 1, odd) == "int4pack_cpu"
+    n24 = make(QuantSpec(4, 64, False), 24, 64)  # N not a multiple of 16: no tinygemm layout
+    assert n24.layout == "portable" and choose_kernel(CPU, 1, n24) == "dequant"
+    assert choose_kernel(CPU, 1, make(QuantSpec(8, -1, True), 16, 40)) == "dequant"  # K % 16: bf16 int8pack is wrong there
+
+
+def test_kernel_that_ran_is_the_one_named(monkeypatch):
+    """quant_linear really calls the chosen kernel (a swapped table entry shows up in the output)."""
+    case = build(QuantSpec(4, 64, False), 64, 576)
+    x = torch.randn(1, 576)
+    calls = []
+    real = dispatch.KERNELS["int4pack_cpu"]
+    monkeypatch.setitem(dispatch.KERNELS, "int4pack_cpu", lambda x2d, m: calls.append(x2d.shape) or real(x2d, m))
+    check(quant_linear(x, case.mod), x, case)
+    assert calls == [(1, 576)]
 
 
 def test_batched_input_and_bias():
-    mod = make(QuantSpec(4, 32, False), 32, 64)
+    case = build(QuantSpec(4, 32, False), 32, 64)
     x = torch.randn(2, 3, 64)
-    assert rel_err(quant_linear(x, mod), reference(x.reshape(6, 64), mod).reshape(2, 3, 32)) < 1e-5
+    y = quant_linear(x, case.mod)
+    assert y.shape == (2, 3, 32)
+    check(y, x, case)

@@ -6,10 +6,10 @@ import torch
 
 from compress.algorithms.grid import QuantSpec
 from compress.kernels.int4_tinygemm import int4_tinygemm, scales_and_zeros, tinygemm_group
-from tests.kernels.quantized import make, reference, rel_err
+from tests.kernels.quantized import build, check, make
 
 SPECS = [QuantSpec(4, 32, False), QuantSpec(4, 64, True), QuantSpec(4, 128, False), QuantSpec(4, 256, True), QuantSpec(4, -1, False)]
-SHAPES = [(64, 576), (32, 80)]
+SHAPES = [(64, 576), (32, 80), (80, 64)]  # N = 80: a full 64-row block of the CPU layout and a partial one
 MS = [1, 7, 16, 17, 512]
 
 
@@ -28,15 +28,17 @@ def test_group_and_zero_translation():
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 @pytest.mark.parametrize("nk", SHAPES)
 @pytest.mark.parametrize("m", MS)
-def test_cpu_fp32_and_bf16(spec, nk, m):
-    mod = make(spec, *nk, bias=False)
-    if tinygemm_group(mod) is None:  # per-channel K=80: no tinygemm group tiles it; dispatch dequantizes
-        assert spec.group_size == -1 and nk[1] % 32 != 0
+def test_cpu_kernel_fp32_and_bf16_inputs(spec, nk, m):
+    case = build(spec, *nk, bias=False)
+    if tinygemm_group(case.mod) is None:  # per-channel K=80: no tinygemm group tiles it; it stays portable
+        assert spec.group_size == -1 and nk[1] % 32 != 0 and case.mod.layout == "portable"
         return
-    x = torch.randn(m, nk[1])
-    ref = reference(x, mod)
-    assert rel_err(int4_tinygemm(x, mod), ref) < 1e-5
-    assert rel_err(int4_tinygemm(x.bfloat16(), mod), ref) < 2e-2  # bf16 activations and scales
+    assert case.mod.layout == "cpu_int4"
+    x = torch.randn(m, nk[1], generator=torch.Generator().manual_seed(m))
+    y = int4_tinygemm(x, case.mod)
+    assert y.dtype == torch.float32
+    check(y, x, case)
+    check(int4_tinygemm(x.bfloat16(), case.mod), x.bfloat16().float(), case)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -44,6 +46,8 @@ def test_cpu_fp32_and_bf16(spec, nk, m):
 @pytest.mark.parametrize("nk", SHAPES)
 @pytest.mark.parametrize("m", MS)
 def test_cuda_tinygemm(spec, nk, m):
-    mod = make(spec, *nk, bias=False).cuda()
+    case = build(spec, *nk, bias=False)
+    mod = case.mod.cuda()
+    assert mod.layout == "cuda_tinygemm" and torch.equal(mod.codes().cpu(), case.mod.codes())
     x = torch.randn(m, nk[1], device="cuda", dtype=torch.bfloat16)
-    assert rel_err(int4_tinygemm(x, mod), reference(x, mod)) < 2e-2
+    check(int4_tinygemm(x, mod).cpu(), x.float().cpu(), case)

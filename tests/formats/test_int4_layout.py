@@ -1,0 +1,58 @@
+"""The in-memory int4 layouts: ours against aten's converter, exact inverses, and a module that moves
+between layouts without changing a code (the CPU proxy of the CUDA tinygemm conversion)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from compress.algorithms.grid import QuantSpec
+from compress.formats import int4_layout as L
+from compress.formats.quant_linear import pack_codes
+from tests.kernels.quantized import make
+
+SHAPES = [(16, 64), (48, 32), (64, 576), (80, 64), (160, 96), (576, 1536)]
+
+
+def aten_cpu(codes: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 2)
+
+
+@pytest.mark.parametrize("nk", SHAPES)
+def test_cpu_pack_is_atens_layout_and_unpack_inverts_it(nk):
+    codes = torch.randint(0, 16, nk, dtype=torch.uint8, generator=torch.Generator().manual_seed(nk[0]))
+    packed = L.cpu_pack(codes)
+    assert torch.equal(packed, aten_cpu(codes))
+    assert packed.shape == (nk[0], nk[1] // 2) and packed.dtype == torch.uint8  # same bytes as the portable layout
+    assert torch.equal(L.cpu_unpack(packed), codes)
+
+
+@pytest.mark.parametrize("nk", SHAPES[:4])
+def test_probe_inverse_of_any_nibble_permutation(nk):
+    """The inverse used for CUDA's tinygemm layout, run here on aten's CPU converter."""
+    codes = torch.randint(0, 16, nk, dtype=torch.uint8)
+    index = L.gather_index(aten_cpu, *nk, torch.device("cpu"))
+    assert index.dtype == torch.int32
+    assert torch.equal(L.invert(index, aten_cpu(codes), *nk), codes)
+
+
+def test_probe_refuses_a_layout_that_is_not_a_permutation():
+    with pytest.raises(RuntimeError, match="not a permutation"):
+        L.nibble_sources(lambda c: aten_cpu(c) & 0x77, 16, 64, torch.device("cpu"))  # drops a bit of every nibble
+
+
+def test_module_holds_one_copy_in_the_kernel_layout_and_saves_the_portable_one():
+    mod = make(QuantSpec(4, 64, False), 80, 576)
+    portable = pack_codes(mod.codes(), 4)
+    assert mod.layout == "cpu_int4" and torch.equal(mod.qweight, L.cpu_pack(mod.codes()))
+    assert not torch.equal(mod.qweight, portable)  # really re-laid out in memory …
+    assert torch.equal(mod.state_dict()["qweight"], portable)  # … and portable on disk
+    assert "sz" not in mod.state_dict() and {n for n, _ in mod.named_buffers()} >= {"qweight", "sz"}
+    other = make(QuantSpec(4, 64, False), 80, 576, seed=1)
+    other.load_state_dict(mod.state_dict())
+    assert other.layout == "cpu_int4" and torch.equal(other.qweight, mod.qweight) and torch.equal(other.sz, mod.sz)
+    clone = copy.deepcopy(mod).to(torch.bfloat16)
+    assert clone.layout == "cpu_int4" and torch.equal(clone.codes(), mod.codes())
+    clone.set_layout("portable")
+    assert torch.equal(clone.qweight, portable) and clone.sz is None

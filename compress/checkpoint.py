@@ -127,8 +127,8 @@ def load(path: str | Path, device: torch.device | str | None = None, dtype: torc
     if not (path / WEIGHTS).is_file():
         raise CompressError(f"{path}: not a compress checkpoint (no {WEIGHTS})")
     device = pick_device(device)
-    dtype = dtype or compute_dtype(device)
     manifest = _read_manifest(path) if is_checkpoint(path) else {"formats": {}}
+    dtype = dtype or compute_dtype(device, any(e.get("format") == "int" for e in manifest["formats"].values()))
     config = AutoConfig.from_pretrained(path)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     if manifest.get("shapes"):

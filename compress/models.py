@@ -43,9 +43,17 @@ def pick_device(spec: str | torch.device | None) -> torch.device:
     return dev
 
 
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs; fp32 on CPUs, where bf16 matmuls are several times slower."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+def compute_dtype(device: torch.device, packed_int: bool = False) -> torch.dtype:
+    """bf16 on GPUs. On CPUs fp32 for dense models (the passes' arithmetic, and the reference), bf16 for
+    models with packed int weights: their CPU kernels run in bf16, and the rest of the model in bf16
+    decoded faster too (docs/benchmarking.md, benchmarks/cpu_dtype.py)."""
+    return torch.bfloat16 if device.type == "cuda" or packed_int else torch.float32
+
+
+def has_packed_int(model: nn.Module) -> bool:
+    from compress.formats.quant_linear import QuantLinear
+
+    return any(isinstance(m, QuantLinear) for m in model.modules())
 
 
 STORAGE_ATTR = "compress_storage_dtype"
@@ -142,12 +150,12 @@ def load_model(spec: str, device: torch.device | None = None, dtype: torch.dtype
     from compress import checkpoint
 
     device = device or default_device()
-    dtype = dtype or compute_dtype(device)
     where, gguf = resolve_model(spec)
     if isinstance(where, str) and not _hub_reachable():
         raise CompressError(f"model {spec!r}: not a local path, and the model hub is unreachable (offline); pass a local directory, a .gguf file, or 'smollm2'")
-    if isinstance(where, Path) and checkpoint.is_checkpoint(where):
+    if isinstance(where, Path) and checkpoint.is_checkpoint(where):  # its own compute dtype unless one is given
         return checkpoint.load(where, device=device, dtype=dtype), checkpoint.load_tokenizer(where)
+    dtype = dtype or compute_dtype(device)
     hf_logging.disable_progress_bar()  # loading a checkpoint is quick; keep stderr for our messages
     try:
         tok = AutoTokenizer.from_pretrained(str(where), gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(str(where))

@@ -16,6 +16,8 @@ import torch.nn as nn
 from compress.errors import CompressError
 
 RANDOM_PREFIX = "random:"
+# ENTRY@DTYPE measures an entry in that compute dtype (e.g. the base as smollm2@bf16 beside smollm2@fp32)
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Llama shapes for speed-only runs (random weights: perplexity is meaningless and not measured).
 RANDOM_SHAPES: dict[str, dict[str, Any]] = {
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -38,8 +40,18 @@ class Loaded:
     random_weights: bool = False  # a random: shape, or a recipe applied to one (speed only)
 
 
+def split_dtype(spec: str) -> tuple[str, torch.dtype | None]:
+    """'smollm2@bf16' → ('smollm2', bfloat16); no suffix → (spec, None): the entry's own compute dtype."""
+    name, at, suffix = spec.rpartition("@")
+    if not at:
+        return spec, None
+    if suffix not in DTYPES:
+        raise CompressError(f"bench: entry {spec!r}: unknown dtype {suffix!r} after '@'; allowed: {', '.join(DTYPES)}")
+    return name, DTYPES[suffix]
+
+
 def is_recipe(spec: str) -> bool:
-    return Path(spec).suffix in (".yaml", ".yml")
+    return Path(split_dtype(spec)[0]).suffix in (".yaml", ".yml")
 
 
 def check_entries(entries: list[str]) -> None:
@@ -49,6 +61,7 @@ def check_entries(entries: list[str]) -> None:
     if is_recipe(entries[0]):
         raise CompressError(f"bench: the first entry is the base and must be a model, not the recipe {entries[0]!r}")
     for e in entries:
+        e = split_dtype(e)[0]
         if e.startswith(RANDOM_PREFIX) and e[len(RANDOM_PREFIX):] not in RANDOM_SHAPES:
             raise CompressError(f"bench: unknown random shape {e!r}; allowed: {', '.join(RANDOM_PREFIX + k for k in RANDOM_SHAPES)}")
         if is_recipe(e):
@@ -85,30 +98,33 @@ def random_model(shape: str, device: torch.device, dtype: torch.dtype) -> nn.Mod
         return AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
 
 
-def _recipe_entry(path: str, base: str, device: torch.device, progress: bool) -> Loaded:
-    """Run a recipe on the base (its evaluate section skipped: bench measures), save it to measure the bytes."""
+def _recipe_entry(path: str, base: str, device: torch.device, dtype: torch.dtype | None, progress: bool) -> Loaded:
+    """Run a recipe on the base (its evaluate section skipped: bench measures), save it to measure the bytes;
+    the result is measured in `dtype`, else in the compute dtype a saved checkpoint of it would load in."""
     from compress.api import as_recipe, run
-
-    from compress.models import compute_dtype
+    from compress.models import compute_dtype, has_packed_int
 
     recipe = dataclasses.replace(as_recipe(path), evaluate=None)
+    base, _ = split_dtype(base)
     on_random = base.startswith(RANDOM_PREFIX)
     model: str | nn.Module = random_model(base[len(RANDOM_PREFIX):], device, compute_dtype(device)) if on_random else base
     with tempfile.TemporaryDirectory(prefix="compress-bench-") as td:
         res = run(recipe, model, out=Path(td) / "ckpt", device=device, progress=progress)
         size = (Path(td) / "ckpt" / "model.safetensors").stat().st_size
+    res.model.to(dtype or compute_dtype(device, has_packed_int(res.model)))
     return Loaded(res.model, res.tokenizer, "recipe", size, random_weights=on_random)
 
 
 def load_entry(spec: str, base: str, device: torch.device, progress: bool = False) -> Loaded:
-    """Load one bench entry on `device` in its compute dtype (bf16 on CUDA, fp32 on CPU)."""
+    """Load one bench entry on `device`, in the dtype after its '@' or else its compute dtype (`compute_dtype`)."""
     from compress.models import compute_dtype, load_model
 
+    spec, dtype = split_dtype(spec)
     if spec.startswith(RANDOM_PREFIX):
-        return Loaded(random_model(spec[len(RANDOM_PREFIX):], device, compute_dtype(device)), None, "random", None, True)
+        return Loaded(random_model(spec[len(RANDOM_PREFIX):], device, dtype or compute_dtype(device)), None, "random", None, True)
     if is_recipe(spec):
-        return _recipe_entry(spec, base, device, progress)
-    model, tok = load_model(spec, device, compute_dtype(device))
+        return _recipe_entry(spec, base, device, dtype, progress)
+    model, tok = load_model(spec, device, dtype)
     size = disk_size(spec)
     if size is None:  # a .gguf or hub model: the bytes its tensors take in the dtype a checkpoint would store
         from compress.api import weight_bytes

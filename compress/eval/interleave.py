@@ -2,8 +2,8 @@
 
 Sequential timing measures the base at minute 1 and the last model at minute 5; on a shared
 machine the neighbours' load changes in between and the ratios drift with it. Round-robin over
-models that sit in memory together keeps the ratios honest. Eager decode only: a compiled step
-would be recompiled for every fresh decoder.
+models that sit in memory together keeps the ratios honest. Each model keeps one decoder per batch
+size over the rounds, so a compiled step is built once (in round one, untimed).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import torch.nn as nn
 
 from compress.eval import speed
+from compress.eval.fast_decode import StaticDecoder
 
 
 def timed_rounds(models: list[nn.Module], prefill: tuple[int, ...], batches: tuple[int, ...], prompt_len: int,
@@ -19,13 +20,14 @@ def timed_rounds(models: list[nn.Module], prefill: tuple[int, ...], batches: tup
     """Per model: prefill_ms and decode_tokens_per_s spreads over `repeats` rounds (warm-up in round one)."""
     pre: list[dict[int, list[float]]] = [{n: [] for n in prefill} for _ in models]
     dec: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in models]
+    decoders = [{b: StaticDecoder(m, prompt_len + new_tokens + 1, mode) for b in batches} for m in models]
     for r in range(repeats):
         w = warmup if r == 0 else 0
         for i, m in enumerate(models):
             for n in prefill:
                 pre[i][n].append(speed.prefill_ms(m, n, w, 1)["median"])
             for b in batches:
-                dec[i][b].append(speed.decode_tokens_per_s(m, b, prompt_len, new_tokens, w, 1, mode)["median"])
+                dec[i][b].append(speed.decode_tokens_per_s(m, b, prompt_len, new_tokens, w, 1, mode, decoders[i][b])["median"])
     return [{"prefill_ms": {str(n): speed.spread(v) for n, v in p.items()},
              "decode_tokens_per_s": {str(b): speed.spread(v) for b, v in d.items()}, "decode_mode": mode}
             for p, d in zip(pre, dec)]

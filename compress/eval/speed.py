@@ -60,15 +60,16 @@ def prefill_ms(model: nn.Module, length: int, warmup: int, repeats: int) -> dict
 
 @torch.no_grad()
 def decode_tokens_per_s(model: nn.Module, batch: int, prompt_len: int, new_tokens: int, warmup: int, repeats: int,
-                        mode: str = "auto") -> dict[str, Any]:
+                        mode: str = "auto", dec: StaticDecoder | None = None) -> dict[str, Any]:
     """Greedy tokens/s (all rows together) of `new_tokens` static-cache decode steps after a prompt.
 
-    The prompt is prefilled outside the timed region; each timed run decodes the same steps.
+    The prompt is prefilled outside the timed region; each timed run decodes the same steps. Pass
+    the same `dec` again to time more rounds without building (compiling) its step again.
     """
-    dec = StaticDecoder(model, prompt_len + new_tokens + 1, mode)
+    dec = dec or StaticDecoder(model, prompt_len + new_tokens + 1, mode)
     ids = prompt_ids(model, batch, prompt_len)
     first = dec.prefill(ids)
-    warm = warmup if dec.mode == "eager" else max(warmup, 1)  # a compiled/graphed step is built on its first run
+    warm = warmup if dec.mode == "eager" or dec._step is not None else max(warmup, 1)  # a compiled step is built on its first run
     secs = time_runs(lambda: dec.decode(first, prompt_len, new_tokens), model_device(model), warm, repeats)
     tps = [batch * new_tokens / s for s in secs]
     return {**spread(tps), "mode": dec.mode}

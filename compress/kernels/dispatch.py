@@ -36,10 +36,22 @@ def _int8_per_channel_sym(mod: "QuantLinear") -> bool:
     return s.bits == 8 and s.symmetric and s.group_size == -1 and mod.in_features % 16 == 0
 
 
+@torch.library.custom_op("compress::int8pack_mm", mutates_args=())
+def _int8pack_mm(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """An opaque call for torch.compile: Inductor's own lowering of this aten op fails an assertion
+    on a computed input (torch 2.13, CPU), so the compiled graph calls the kernel as it is."""
+    return torch.ops.aten._weight_int8pack_mm(x, w, scales)
+
+
+@_int8pack_mm.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w.shape[0])
+
+
 def int8pack_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
     """aten's int8 weight-only GEMM: reads int8 weights directly, scale per output channel (bf16: the
     fp32 kernel was 14× slower on our CPU)."""
-    y = torch.ops.aten._weight_int8pack_mm(x2d.to(KERNEL_DTYPE), mod.qweight, mod.scales[:, 0].to(KERNEL_DTYPE))
+    y = _int8pack_mm(x2d.to(KERNEL_DTYPE).contiguous(), mod.qweight, mod.scales[:, 0].to(KERNEL_DTYPE).contiguous())
     return y.to(x2d.dtype)
 
 

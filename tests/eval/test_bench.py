@@ -45,7 +45,7 @@ def test_add_ratios_base_is_one():
 
 def test_settings_defaults_by_device_and_round_trip():
     cpu = BenchSettings().resolved(torch.device("cpu"))
-    assert (cpu.batches, cpu.new_tokens, cpu.repeats, cpu.warmup, cpu.decode_mode) == ((1,), 32, 3, 1, "eager")
+    assert (cpu.batches, cpu.new_tokens, cpu.repeats, cpu.warmup, cpu.decode_mode) == ((1,), 32, 3, 1, "compile")
     gpu = BenchSettings().resolved(torch.device("cuda"))
     assert (gpu.batches, gpu.new_tokens, gpu.repeats, gpu.warmup, gpu.decode_mode) == ((1, 8), 128, 10, 3, "compile")
     assert BenchSettings.from_dict(cpu.to_dict()) == cpu
@@ -111,10 +111,10 @@ def test_benchmark_restores_threads(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_interleave_needs_eager():
-    assert BenchSettings(interleave=True).resolved(torch.device("cpu")).interleave
-    with pytest.raises(CompressError, match="interleave needs decode mode 'eager'"):
-        BenchSettings(interleave=True).resolved(torch.device("cuda"))
+def test_interleave_keeps_the_decode_mode():
+    s = BenchSettings(interleave=True).resolved(torch.device("cpu"))
+    assert s.interleave and s.decode_mode == "compile"
+    assert BenchSettings(interleave=True, decode_mode="eager").resolved(torch.device("cpu")).decode_mode == "eager"
 
 
 def test_data_free_recipe_on_a_random_shape_is_packed_and_flagged(monkeypatch, tmp_path):

@@ -29,8 +29,8 @@ def test_repeated_decode_rewinds_the_cache(tiny_model):
 
 def test_modes_and_limits():
     cpu = torch.device("cpu")
-    assert resolve_mode("auto", cpu) == "eager" and resolve_mode("eager", cpu) == "eager"
-    assert resolve_mode("auto", torch.device("cuda")) == "compile"
+    assert resolve_mode("compile", cpu) == "compile" and resolve_mode("eager", cpu) == "eager"
+    assert resolve_mode("auto", torch.device("cuda")) == "compile" == resolve_mode("auto", cpu)
     with pytest.raises(CompressError, match="needs CUDA"):
         resolve_mode("graph", cpu)
     with pytest.raises(CompressError, match="allowed: auto, eager, graph, compile"):

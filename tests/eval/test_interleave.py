@@ -12,14 +12,17 @@ def test_round_robin_order_and_spreads(monkeypatch):
         calls.append(("prefill", model, warmup))
         return {"median": next(times)}
 
-    def fake_decode(model, b, prompt_len, new_tokens, warmup, repeats, mode):
+    def fake_decode(model, b, prompt_len, new_tokens, warmup, repeats, mode, dec):
+        assert dec == ("decoder", model, b)  # one decoder per model and batch, kept over the rounds
         calls.append(("decode", model, warmup))
         return {"median": 100.0 if model == "m0" else 50.0, "mode": mode}
 
     monkeypatch.setattr(speed, "prefill_ms", fake_prefill)
     monkeypatch.setattr(speed, "decode_tokens_per_s", fake_decode)
+    built = []
+    monkeypatch.setattr(interleave, "StaticDecoder", lambda m, n, mode: built.append(m) or ("decoder", m, 1))
     out = interleave.timed_rounds(["m0", "m1"], (64,), (1,), 8, 4, warmup=2, repeats=3)
-    assert [c[1] for c in calls] == ["m0", "m0", "m1", "m1"] * 3
+    assert [c[1] for c in calls] == ["m0", "m0", "m1", "m1"] * 3 and built == ["m0", "m1"]
     assert [c[2] for c in calls] == [2, 2, 2, 2] + [0] * 8
     assert out[0]["prefill_ms"]["64"] == {"min": 10.0, "median": 11.0, "max": 12.0}
     assert out[1]["prefill_ms"]["64"] == {"min": 18.0, "median": 20.0, "max": 30.0}

@@ -27,7 +27,7 @@ def test_time_runs_counts_warmup_and_repeats():
 def test_decode_tokens_per_s_arithmetic(tiny_model, monkeypatch):
     """tokens/s = batch × steps / seconds, for each timed run (times planted)."""
     monkeypatch.setattr(speed, "time_runs", lambda fn, dev, w, r: [0.5, 1.0, 2.0])
-    r = speed.decode_tokens_per_s(tiny_model, batch=2, prompt_len=4, new_tokens=8, warmup=1, repeats=3)
+    r = speed.decode_tokens_per_s(tiny_model, batch=2, prompt_len=4, new_tokens=8, warmup=1, repeats=3, mode="eager")
     assert r == {"min": 8.0, "median": 16.0, "max": 32.0, "mode": "eager"}
 
 

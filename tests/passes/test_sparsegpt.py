@@ -50,7 +50,7 @@ def test_two_four_with_int4_in_the_same_sweep(tmp_path, tiny_model, tokenizer, t
               "passes": [{"sparsegpt": {"pattern": "2:4", "bits": 4, "group_size": 32, "symmetric": False}}]}
     res = compress.run(recipe, tiny_model, tokenizer=tokenizer, out=tmp_path / "ck", progress=False)
     assert res.report["passes"][0]["sparsity"] == pytest.approx(0.5)
-    loaded = compress.load(tmp_path / "ck", device="cpu")
+    loaded = compress.load(tmp_path / "ck", device="cpu", dtype=torch.float32)
     quant = [m for m in loaded.modules() if isinstance(m, QuantLinear)]
     assert len(quant) == 14 and all(is_nm(m.dense_weight() != 0, 2, 4) for m in quant)
     ids = torch.randint(0, 300, (1, 8))

@@ -53,7 +53,7 @@ def test_wanda_two_four_then_rtn_int4_keeps_the_zeros(tmp_path, tiny_model, toke
     recipe = {"calibration": {"source": str(text_file), "samples": 2, "seq_len": 16},
               "passes": [{"wanda": {"pattern": "2:4"}}, {"rtn": {"bits": 4, "group_size": 32}}]}
     res = compress.run(recipe, tiny_model, tokenizer=tokenizer, out=tmp_path / "ck", progress=False)
-    loaded = compress.load(tmp_path / "ck", device="cpu")
+    loaded = compress.load(tmp_path / "ck", device="cpu", dtype=torch.float32)
     quant = {n: m for n, m in loaded.named_modules() if isinstance(m, QuantLinear)}
     assert len(quant) == 14
     for m in quant.values():

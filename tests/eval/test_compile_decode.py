@@ -1,0 +1,51 @@
+"""The decode step of every format compiles to one graph on the CPU Inductor backend (fullgraph=True:
+a graph break is an error), does not recompile over 64 steps, and gives eager's tokens.
+
+This is the CPU proxy that keeps the CUDA compile path (the same graph, replayed as a CUDA graph)
+working while no GPU is lent.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+
+import compress
+from compress.eval.fast_decode import StaticDecoder
+from compress.formats import PackedLinear
+from tests.conftest import make_model
+
+STEPS = 64
+FORMATS = {
+    "dense": [],
+    "int8": [{"rtn": {"bits": 8}}],
+    "int4-g64": [{"rtn": {"bits": 4, "group_size": 64, "symmetric": False}}],
+    "int4-g128": [{"rtn": {"bits": 4, "group_size": 128, "symmetric": True}}],
+    "int4-per-channel": [{"rtn": {"bits": 4, "group_size": -1, "symmetric": False}}],
+    "sparse-2:4": [{"magnitude": {"pattern": "2:4"}}],
+    "pruned": [{"prune_structured": {"ffn_sparsity": 0.25, "importance": "magnitude"}}],
+}
+
+
+def compressed(name: str, tokenizer, text_file) -> torch.nn.Module:
+    model = make_model(hidden=128, layers=1, heads=4, kv_heads=2, ffn=256)  # K = 128 / 256: every group size fits
+    if FORMATS[name]:
+        recipe = {"passes": FORMATS[name], "calibration": {"source": str(text_file), "samples": 2, "seq_len": 32}}
+        model = compress.run(recipe, model, tokenizer=tokenizer, progress=False).model
+    return model
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_decode_step_is_one_graph_without_recompiles(name, tokenizer, text_file):
+    model = compressed(name, tokenizer, text_file)
+    kinds = {type(m).__name__ for m in model.modules() if isinstance(m, PackedLinear)}
+    assert bool(kinds) == (name not in ("dense", "pruned"))
+    ids = torch.randint(0, 300, (1, 8), generator=torch.Generator().manual_seed(0))
+    eager = StaticDecoder(model, 8 + STEPS, "eager").generate(ids, STEPS)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = StaticDecoder(model, 8 + STEPS, "compile").generate(ids, STEPS)
+    stats = torch._dynamo.utils.counters["stats"]
+    assert stats["unique_graphs"] == 1, dict(stats)
+    assert torch.equal(compiled, eager)

@@ -179,7 +179,7 @@ def regress(
     baseline: Path = typer.Option(..., help="Baseline JSON written by `compress bench --save-baseline`."),
     current: Optional[Path] = typer.Option(None, help="Compare this bench JSON instead of re-running the baseline's entries."),
     tol_perplexity: Optional[float] = typer.Option(None, min=0, help="Max relative perplexity increase (default 0.02, or the baseline's)."),
-    tol_latency: Optional[float] = typer.Option(None, min=0, help="Max relative worsening of a latency ratio to the base (default 0.35)."),
+    tol_latency: Optional[float] = typer.Option(None, min=0, help="Max relative worsening of a latency ratio to the base (default 0.2: a 25% slower decode fails)."),
     tol_size: Optional[float] = typer.Option(None, min=0, help="Max relative growth of a size/memory ratio to the base (default 0.01)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the checks and the current report here."),
     device: Optional[str] = typer.Option(None, help="cuda or cpu (default: the baseline's kind)."),

@@ -105,18 +105,18 @@ def measure(model: nn.Module, tokenizer: Any, s: BenchSettings, progress: bool =
     from compress.eval.perplexity import perplexity
 
     dev = speed.model_device(model)
-    speed.reset_peak(dev)
     row: dict[str, Any] = {"perplexity": None, "perplexity_windows": None}
     if tokenizer is not None and not s.skip_perplexity:
         ppl = perplexity(model, tokenizer, s.data, s.seq_len, s.max_windows, progress)
         row.update(perplexity=ppl["perplexity"], perplexity_windows=ppl["windows"])
+    speed.reset_peak(dev)  # the peak of the timed phases (prefill, decode), not of the perplexity pass
     row["prefill_ms"] = {str(n): speed.prefill_ms(model, n, s.warmup, s.repeats) for n in s.prefill} if timings else {}
     row["decode_tokens_per_s"] = {}
     for b in s.batches if timings else ():
         r = speed.decode_tokens_per_s(model, b, s.prompt_len, s.new_tokens, s.warmup, s.repeats, s.decode_mode)
         row["decode_mode"] = r.pop("mode")
         row["decode_tokens_per_s"][str(b)] = r
-    row["peak_memory_bytes"] = speed.peak_memory(dev)
+    row["peak_memory_bytes"] = speed.peak_memory(dev) if timings else None
     row["memory_bytes"] = speed.memory_bytes(model)
     row["weight_bytes_by_format"] = speed.bytes_by_format(model)
     return row

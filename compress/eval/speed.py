@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -102,10 +103,24 @@ def bytes_by_format(model: nn.Module) -> dict[str, int]:
 
 
 def reset_peak(device: torch.device) -> None:
+    """Start a peak-memory window: the CUDA allocator's peak, or on Linux CPUs the process's peak RSS."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux ≥ 4.0)
+    except OSError:
+        pass
 
 
 def peak_memory(device: torch.device) -> int | None:
-    """Peak bytes allocated on the GPU since `reset_peak`; None on CPU (no allocator statistics there)."""
-    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    """Peak bytes since `reset_peak`: allocated on the GPU, or resident (VmHWM) on a Linux CPU; None elsewhere."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

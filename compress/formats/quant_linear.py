@@ -130,9 +130,16 @@ class QuantLinear(PackedLinear):
             return self.zeros
         return torch.full_like(self.scales, float(2 ** (self.qspec.bits - 1)))
 
-    def dense_weight(self) -> torch.Tensor:
-        w = dequantize(self.codes(), self.scales, self.zero_points(), self.qspec)
-        return w[:, : self.in_features]
+    def dense_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The weight [N, K] in fp32, or computed directly in `dtype` (the prefill path: (q - z) is exact in
+        bf16, so one rounding, as fp32 math then a cast, at a third of the memory traffic)."""
+        if dtype is None:
+            return dequantize(self.codes(), self.scales, self.zero_points(), self.qspec)[:, : self.in_features]
+        n, kp = self.out_features, self.qspec.padded_in(self.in_features)
+        g = self.qspec.group_for(self.in_features)
+        q = self.codes().view(n, kp // g, g).to(dtype)
+        w = q.sub_(self.zero_points().to(dtype).unsqueeze(-1)).mul_(self.scales.to(dtype).unsqueeze(-1))
+        return w.view(n, kp)[:, : self.in_features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from compress.kernels import quant_linear

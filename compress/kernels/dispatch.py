@@ -56,8 +56,8 @@ def int8pack_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
 
 
 def dequant(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
-    """Unpack to x's dtype and call a dense matmul."""
-    return F.linear(x2d, mod.dense_weight().to(x2d.dtype))
+    """Unpack to x's dtype and call a dense matmul (the weight is dequantized per call, never kept)."""
+    return F.linear(x2d, mod.dense_weight(x2d.dtype))
 
 
 KERNELS: dict[str, Callable[[torch.Tensor, "QuantLinear"], torch.Tensor]] = {

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -46,8 +48,19 @@ def test_bytes_by_format_after_int8(tiny_model):
     assert by["dense"] == (300 * 64 + 2 * 2 * 64 + 64) * 4 + buffers  # embedding (tied head) + norms
 
 
-def test_peak_memory_is_none_on_cpu():
-    assert speed.peak_memory(torch.device("cpu")) is None
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS reset needs Linux /proc")
+def test_cpu_peak_is_the_windows_resident_peak():
+    """A 400 MB buffer freed before the window does not count; one touched inside it does."""
+    cpu = torch.device("cpu")
+    big = torch.ones(100_000_000)  # 400 MB, touched
+    del big
+    speed.reset_peak(cpu)
+    before = speed.peak_memory(cpu)
+    inside = torch.ones(50_000_000)  # 200 MB
+    after = speed.peak_memory(cpu)
+    del inside
+    assert before is not None and after is not None
+    assert 150e6 < after - before < 300e6
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU memory statistics need CUDA")

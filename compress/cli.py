@@ -128,7 +128,7 @@ def demo(
 @app.command()
 @user_errors
 def bench(
-    models: list[str] = typer.Argument(..., help="Models, checkpoints, recipes (.yaml, run on the first model) or random:SHAPE; the first is the base."),
+    models: list[str] = typer.Argument(..., help="Models, checkpoints, recipes (.yaml, run on the first model) or random:SHAPE; the first is the base. ENTRY@fp32|bf16|fp16 measures it in that dtype (e.g. smollm2@bf16 smollm2@fp32)."),
     data: str = typer.Option("wikitext2-test", help="Perplexity text (as `compress eval --data`)."),
     seq_len: int = typer.Option(2048, min=8, help="Perplexity window length."),
     max_windows: Optional[int] = typer.Option(None, min=1, help="Score only the first N perplexity windows."),
@@ -138,7 +138,7 @@ def bench(
     prompt_len: int = typer.Option(32, min=1, help="Prompt tokens before the timed decode steps."),
     warmup: Optional[int] = typer.Option(None, min=0, help="Untimed runs first (default: 3 CUDA, 1 CPU)."),
     repeats: Optional[int] = typer.Option(None, min=1, help="Timed runs; the median is reported (default: 10 CUDA, 3 CPU)."),
-    decode_mode: str = typer.Option("auto", help="auto, eager, graph or compile (auto: compile on CUDA, eager on CPU)."),
+    decode_mode: str = typer.Option("auto", help="auto, eager, graph or compile (auto: compile, torch.compile fullgraph; graph: CUDA only)."),
     interleave: bool = typer.Option(False, "--interleave", help="Time all models round-robin (all in memory; eager decode): ratios survive a busy CPU."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: torch's); 1 keeps CPU timings stable on a busy machine."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),

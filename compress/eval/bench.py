@@ -105,7 +105,8 @@ def measure(model: nn.Module, tokenizer: Any, s: BenchSettings, progress: bool =
     from compress.eval.perplexity import perplexity
 
     dev = speed.model_device(model)
-    row: dict[str, Any] = {"perplexity": None, "perplexity_windows": None}
+    row: dict[str, Any] = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "perplexity": None,
+                           "perplexity_windows": None}
     if tokenizer is not None and not s.skip_perplexity:
         ppl = perplexity(model, tokenizer, s.data, s.seq_len, s.max_windows, progress)
         row.update(perplexity=ppl["perplexity"], perplexity_windows=ppl["windows"])
@@ -163,7 +164,7 @@ def benchmark(entries: list[str], settings: BenchSettings | None = None, device:
         torch.set_num_threads(s.threads)
     try:
         rows = _measure_all(list(entries), s, dev, progress)
-        env = environment(dev, s)
+        env = {**environment(dev, s), "dtype": ", ".join(sorted({r["dtype"] for r in rows}))}  # each row says its own
     finally:
         torch.set_num_threads(threads)
     return {"schema": SCHEMA_VERSION, "results": add_ratios(rows), "env": env, "settings": s.to_dict(),

@@ -16,6 +16,7 @@ The step never syncs with the host, so tokens/s counts the model's work.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -55,13 +56,16 @@ class StaticDecoder:
         self.mode = resolve_mode(mode, self.device)
         self.max_len = max_len
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        # transformers ≥ 5.2x names the argument `cache` (past_key_values is deprecated); older ones only know the latter
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
 
     @torch.no_grad()
     def _eager_step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """One token per row at cache position `pos` → the next greedy token per row [B, 1]."""
-        logits = self.model(input_ids=tok, past_key_values=self.cache, cache_position=pos, use_cache=True).logits
+        logits = self.model(input_ids=tok, **{self._cache_kw: self.cache}, cache_position=pos, use_cache=True).logits
         return logits[:, -1].argmax(-1, keepdim=True)
 
     @torch.no_grad()
@@ -72,7 +76,7 @@ class StaticDecoder:
         if self.cache.is_initialized:
             self.cache.reset()  # stale keys beyond the new prompt are masked anyway; zero them for clarity
         pos = torch.arange(ids.shape[1], device=self.device)
-        logits = self.model(input_ids=ids, past_key_values=self.cache, cache_position=pos, use_cache=True).logits
+        logits = self.model(input_ids=ids, **{self._cache_kw: self.cache}, cache_position=pos, use_cache=True).logits
         return logits[:, -1].argmax(-1, keepdim=True)
 
     def _build_step(self, tok: torch.Tensor, pos: torch.Tensor) -> None:

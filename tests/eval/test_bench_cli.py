@@ -49,7 +49,8 @@ def test_json_schema(run, tiny_dir):
         for v in list(r["prefill_ms"].values()) + list(r["decode_tokens_per_s"].values()):
             assert 0 < v["min"] <= v["median"] <= v["max"]
         assert r["perplexity_windows"] == 3 and r["peak_memory_bytes"] is None  # CPU: no allocator stats
-    assert (base["kind"], q["kind"], rep["env"]["label"], rep["env"]["dtype"]) == ("model", "recipe", "CPU", "float32")
+    assert (base["kind"], q["kind"], rep["env"]["label"], rep["env"]["dtype"]) == ("model", "recipe", "CPU", "bfloat16, float32")
+    assert (base["dtype"], q["dtype"]) == ("float32", "bfloat16")  # dense in fp32, packed int in bf16 on a CPU
     assert base["size_bytes"] == (Path(tiny_dir) / "model.safetensors").stat().st_size
     assert set(base["ratios"].values()) == {1.0}
     assert q["ratios"]["decode_tokens_per_s:1"] == pytest.approx(q["decode_tokens_per_s"]["1"]["median"] / base["decode_tokens_per_s"]["1"]["median"])

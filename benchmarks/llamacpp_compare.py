@@ -38,18 +38,18 @@ def requantize(src: Path, dst: Path, ftype: int) -> Path:
 
 def decode_tps(path: Path, threads: int, prompt_len: int, new_tokens: int, repeats: int) -> list[float]:
     llm = llama_cpp.Llama(str(path), n_threads=threads, n_threads_batch=threads, n_ctx=prompt_len + new_tokens + 8,
-                          n_batch=prompt_len, logits_all=False, verbose=False)
+                          n_batch=prompt_len, logits_all=True, verbose=False)
     rng = np.random.default_rng(0)
     prompt = [int(t) for t in rng.integers(100, llm.n_vocab(), prompt_len)]
     out = []
     for r in range(repeats + 1):  # the first run warms up
         llm.reset()
         llm.eval(prompt)
-        tok = int(np.argmax(llm.eval_logits[-1]))
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))  # a numpy view (eval_logits builds Python lists)
         t0 = time.perf_counter()
         for _ in range(new_tokens):
             llm.eval([tok])
-            tok = int(np.argmax(llm.eval_logits[-1]))
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         if r:
             out.append(new_tokens / (time.perf_counter() - t0))
     return out

@@ -144,9 +144,9 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG of perplexity vs decode tokens/s here."),
     save_baseline: Optional[Path] = typer.Option(None, help="Write the report as a regression baseline here."),
-    tol_perplexity: float = typer.Option(0.02, min=0, help="Baseline tolerance: max relative perplexity increase."),
-    tol_latency: float = typer.Option(0.35, min=0, help="Baseline tolerance: max relative worsening of a latency ratio to the base."),
-    tol_size: float = typer.Option(0.01, min=0, help="Baseline tolerance: max relative growth of a size/memory ratio to the base."),
+    tol_perplexity: Optional[float] = typer.Option(None, min=0, help="Baseline tolerance: max relative perplexity increase (default 0.02)."),
+    tol_latency: Optional[float] = typer.Option(None, min=0, help="Baseline tolerance: max relative worsening of a latency ratio to the base (default 0.2)."),
+    tol_size: Optional[float] = typer.Option(None, min=0, help="Baseline tolerance: max relative growth of a size/memory ratio to the base (default 0.01)."),
     device: Optional[str] = typer.Option(None, help="cuda or cpu."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -169,7 +169,7 @@ def bench(
     if plot is not None:
         typer.echo(f"wrote {plot_tradeoff(report, plot)}")
     if save_baseline is not None:
-        tol = {"perplexity": tol_perplexity, "latency": tol_latency, "size": tol_size}
+        tol = {k: v for k, v in {"perplexity": tol_perplexity, "latency": tol_latency, "size": tol_size}.items() if v is not None}
         typer.echo(f"wrote baseline {write_baseline(report, save_baseline, tol)}")
 
 

@@ -43,9 +43,18 @@ def test_sources(tmp_path, monkeypatch):
         data.read_text("wikitext2-test")
 
 
-def test_shared_wikitext_tokenizes_to_standard_count_when_present():
+@pytest.mark.slow
+def test_shared_wikitext_tokenizes_to_the_standard_count():
+    """The protocol of ../shared/data/README.md: 304,986 SmolLM2 tokens (a loader reading the file any
+    other way gets another count)."""
+    from transformers import AutoTokenizer
+
+    from compress.models import fetch_smollm2
+
     path = data.data_dir() / data.WIKITEXT["wikitext2-test"]
     if not path.is_file():
         pytest.skip("../shared/data not beside this checkout")
     text = data.read_text("wikitext2-test")
-    assert len(text) > 1_000_000 and text.startswith("\n\n = Robert Boulter = \n")
+    assert text.startswith("\n\n = Robert Boulter = \n")
+    tok = AutoTokenizer.from_pretrained(str(fetch_smollm2(progress=False)))
+    assert len(tok(text)["input_ids"]) == 304_986

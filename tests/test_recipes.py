@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
 import compress
 from compress.demo import recipe_path
@@ -30,10 +32,16 @@ def test_demo_names_resolve_and_unknown_ones_list_the_known():
         recipe_path("nope")
 
 
-def test_demo_recipe_packs_every_decoder_linear(tiny_dir, text_file):
+def test_demo_recipe_packs_every_decoder_linear(tiny_dir, text_file, tokenizer):
     sets = [f"calibration.source={text_file}", "calibration.samples=2", "calibration.seq_len=32",
             f"evaluate.perplexity.source={text_file}", "evaluate.perplexity.seq_len=64", "evaluate.perplexity.max_windows=1"]
     res = compress.run(recipe_path("demo"), str(tiny_dir), overrides=sets, device="cpu", progress=False)
     linears = [n for n, m in res.model.named_modules() if ".layers." in n and isinstance(m, QuantLinear)]
     assert len(linears) == 2 * 7 and all(m.qspec.bits == 4 for m in res.model.modules() if isinstance(m, QuantLinear))
-    assert res.report["perplexity_after"]["perplexity"] < 1.5 * res.report["perplexity_before"]["perplexity"]
+    # the logits stay near the original model's (measured 0.06); with every packed weight zeroed they are 0.49 off,
+    # so this fails for a broken recipe where a perplexity ratio on a random model did not (314.0 → 314.5)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_dir)).eval()
+    ids = tokenizer(text_file.read_text()[:400], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ref, got = base(ids).logits, res.model(ids).logits.float()
+    assert float((got - ref).norm() / ref.norm()) < 0.15

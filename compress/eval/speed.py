@@ -86,6 +86,10 @@ def memory_bytes(model: nn.Module) -> int:
             continue
         seen.add(ptr)
         total += t.untyped_storage().nbytes()
+    if any(t.is_cuda for t in model.buffers()):
+        from compress.formats.int4_layout import cache_bytes
+
+        total += cache_bytes()  # the shared inverse of tinygemm's CUDA layout, once built (prefill, saving)
     return total
 
 

@@ -137,8 +137,13 @@ class QuantLinear(PackedLinear):
             return dequantize(self.codes(), self.scales, self.zero_points(), self.qspec)[:, : self.in_features]
         n, kp = self.out_features, self.qspec.padded_in(self.in_features)
         g = self.qspec.group_for(self.in_features)
-        q = self.codes().view(n, kp // g, g).to(dtype)
-        w = q.sub_(self.zero_points().to(dtype).unsqueeze(-1)).mul_(self.scales.to(dtype).unsqueeze(-1))
+        zero = self.zero_points().to(dtype).unsqueeze(-1)
+        if self.qspec.bits == 8:  # stored q - 128 is exact in bf16, and so is (q - 128) - (z - 128)
+            q = self.qweight.view(n, kp // g, g).to(dtype)
+            q = q if self.zeros is None else q.sub_(zero - 128)
+        else:
+            q = self.codes().view(n, kp // g, g).to(dtype).sub_(zero)
+        w = q.mul_(self.scales.to(dtype).unsqueeze(-1))
         return w.view(n, kp)[:, : self.in_features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

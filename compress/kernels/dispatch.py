@@ -1,7 +1,7 @@
 """Pick the kernel for a QuantLinear call by device, format and the number of rows M.
 
 | device | format | M | kernel |
-| cpu | int8 per-channel sym | ≤ CPU_INT8PACK_MAX_M | aten `_weight_int8pack_mm` (bf16) |
+| cpu | int8 per-channel sym, K % 16 = 0 | ≤ CPU_INT8PACK_MAX_M | aten `_weight_int8pack_mm` (bf16) |
 | cpu | int4 in layout cpu_int4 | ≤ CPU_INT4PACK_MAX_M | aten `_weight_int4pack_mm_for_cpu` (bf16) |
 | cuda | int4 in layout cuda_tinygemm | ≤ 16 | aten `_weight_int4pack_mm` (tinygemm, bf16) |
 | cuda | int8, triton installed | ≤ 16 | Triton fused dequant-GEMM (`triton_int8`) |
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 # CPU crossovers in M, from benchmarks/cpu_kernels.py (table in docs/quantization.md): past them
 # dequantize + dense matmul is faster
-CPU_INT8PACK_MAX_M = 4
-CPU_INT4PACK_MAX_M = 32
+CPU_INT8PACK_MAX_M = 16
+CPU_INT4PACK_MAX_M = 64
 CUDA_SMALL_M = 16  # decode-sized calls; prefill (tinygemm ~25× slower than bf16 at M=2048) dequantizes. Unmeasured: bench_kernels.py
 
 

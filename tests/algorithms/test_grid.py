@@ -16,9 +16,10 @@ def test_codes_stay_on_grid_and_error_is_bounded(bits, group, sym):
     assert q.dtype == torch.uint8 and int(q.max()) <= 2**bits - 1
     err = (dequantize(q, s, z, spec) - w).abs()
     g = spec.group_for(128)
-    # rounding error is at most half a step (plus clipping of the symmetric top code)
+    # rounding error is at most half a step: the symmetric 4-bit grid's top code is 7·s for |w| ≤ 7.5·s, so
+    # clipping costs at most half a step too
     step = s.repeat_interleave(g, dim=1)
-    assert bool((err <= step * (1.0 if sym else 0.5) + 1e-6).all())
+    assert bool((err <= step * 0.5 * (1 + 1e-5) + 1e-7).all())
 
 
 def test_values_on_the_grid_are_exact():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -64,7 +65,8 @@ def eval_(
     from compress.api import evaluate
 
     res = evaluate(model, data=data, seq_len=seq_len, max_windows=max_windows, device=device, progress=not as_json)
-    typer.echo(json.dumps(res) if as_json else f"perplexity {res['perplexity']:.4f} ({res['windows']} windows of {seq_len}, {res['tokens']} tokens)")
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in res.items()}  # JSON has no NaN
+    typer.echo(json.dumps(finite, allow_nan=False) if as_json else f"perplexity {res['perplexity']:.4f} ({res['windows']} windows of {seq_len}, {res['tokens']} tokens)")
 
 
 @app.command()

@@ -20,7 +20,7 @@ from compress.typecheck import build_dataclass, to_plain
 class CalibrationConfig:
     """Where calibration windows come from (never the evaluation split)."""
 
-    source: str = option("wikitext2-valid", "text source: wikitext2-valid, wikitext2-test, a file path, or hf:NAME[:CONFIG[:SPLIT]]")
+    source: str = option("wikitext2-valid", "text source: wikitext2-valid, a file path, or hf:NAME[:CONFIG[:SPLIT]] (never wikitext2-test)")
     samples: int = option(128, "number of windows sampled", min=1)
     seq_len: int = option(2048, "tokens per window", min=8)
     seed: int = option(0, "sampling seed")
@@ -135,10 +135,14 @@ def recipe_from_dict(data: Any, source: str = "<recipe>") -> Recipe:
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise _err(source, f"model: expected a path or name, got {model!r}")
+    calibration = _build(CalibrationConfig, data.get("calibration"), source, "calibration")
+    if calibration.source == "wikitext2-test":
+        raise _err(source, "calibration.source: wikitext2-test is the evaluation split (calibrating on it inflates every "
+                           "score); allowed: wikitext2-valid, a file path, or hf:NAME[:CONFIG[:SPLIT]]")
     return Recipe(
         steps=tuple(_parse_step(p, i, source) for i, p in enumerate(passes)),
         model=model,
-        calibration=_build(CalibrationConfig, data.get("calibration"), source, "calibration"),
+        calibration=calibration,
         evaluate=_parse_evaluate(data.get("evaluate"), source),
         source=source,
     )

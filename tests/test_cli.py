@@ -97,3 +97,13 @@ def test_bad_device_is_one_line(tiny_dir, recipe_file, tmp_path):
         res = invoke(*args, "--device", "tpu")
         assert res.exit_code == 2 and res.stderr.strip() == "error: --device 'tpu': allowed: cpu, cuda, cuda:N", res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_json_is_valid_json_when_perplexity_overflows(monkeypatch, tiny_dir, text_file):
+    """A model whose loss overflows gives inf perplexity: --json prints null, never the non-JSON token Infinity."""
+    import compress.api
+
+    monkeypatch.setattr(compress.api, "evaluate", lambda *a, **k: {"perplexity": float("inf"), "tokens": 10, "windows": 1})
+    res = invoke("eval", tiny_dir, "--data", text_file, "--json", "--device", "cpu")
+    assert res.exit_code == 0
+    assert json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))["perplexity"] is None

@@ -40,6 +40,7 @@ def test_bare_pass_name_is_accepted():
     ("passes: [rtn]\ncalibration: {samples: 0}\n", "calibration: option 'samples' = 0 is out of range"),
     ("passes: [rtn]\nevaluate: {perplexity: {seq_len: x}}\n", "evaluate.perplexity: option 'seq_len'"),
     ("- just a list\n", "a recipe is a mapping"),
+    ("passes: [gptq]\ncalibration: {source: wikitext2-test}\n", "calibration.source: wikitext2-test is the evaluation split"),
 ])
 def test_bad_recipes_name_file_pass_and_key(recipe_file, text, expected):
     path = recipe_file(text)

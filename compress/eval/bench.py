@@ -48,7 +48,8 @@ class BenchSettings:
         s = dataclasses.replace(
             self, batches=self.batches or ((1, 8) if cuda else (1,)), new_tokens=(128 if cuda else 32) if self.new_tokens is None else self.new_tokens,
             repeats=(10 if cuda else 3) if self.repeats is None else self.repeats,
-            warmup=(3 if cuda else 1) if self.warmup is None else self.warmup, decode_mode=resolve_mode(self.decode_mode, device))
+            warmup=(3 if cuda else 1) if self.warmup is None else self.warmup)
+        resolve_mode(s.decode_mode, device)  # checked now; `auto` stays, so a failed compile can fall back to eager
         for name in ("prefill", "batches"):
             if not getattr(s, name) or any(v < 1 for v in getattr(s, name)):
                 raise CompressError(f"bench: {name} must be positive integers, got {getattr(s, name)}")
@@ -164,7 +165,8 @@ def benchmark(entries: list[str], settings: BenchSettings | None = None, device:
         torch.set_num_threads(s.threads)
     try:
         rows = _measure_all(list(entries), s, dev, progress)
-        env = {**environment(dev, s), "dtype": ", ".join(sorted({r["dtype"] for r in rows}))}  # each row says its own
+        env = {**environment(dev, s), "dtype": ", ".join(sorted({r["dtype"] for r in rows})),  # each row says its own
+               "decode_mode": ", ".join(sorted({r["decode_mode"] for r in rows if r.get("decode_mode")})) or s.decode_mode}
     finally:
         torch.set_num_threads(threads)
     return {"schema": SCHEMA_VERSION, "results": add_ratios(rows), "env": env, "settings": s.to_dict(),

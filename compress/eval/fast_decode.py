@@ -17,6 +17,7 @@ The step never syncs with the host, so tokens/s counts the model's work.
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Callable
 
 import torch
@@ -54,6 +55,7 @@ class StaticDecoder:
         self.model = model
         self.device = next(model.parameters()).device
         self.mode = resolve_mode(mode, self.device)
+        self.fallback = mode == "auto"  # auto may fall back to eager where compiling fails (no C++ compiler, say)
         self.max_len = max_len
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         # transformers ≥ 5.2x names the argument `cache` (past_key_values is deprecated); older ones only know the latter
@@ -140,9 +142,22 @@ class StaticDecoder:
         out, tok = [], first
         for i in range(steps):
             pos.fill_(start + i)  # in place on device: no host sync, no new graph input
-            tok = self._step(tok, pos)
+            tok = self._first_step(tok, pos) if i == 0 else self._step(tok, pos)
             out.append(tok)
         return torch.cat(out, dim=1)
+
+    def _first_step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The first step builds a compiled step; with mode auto a failure to compile falls back to eager, once, loudly."""
+        assert self._step is not None
+        if self.mode != "compile" or not self.fallback:
+            return self._step(tok, pos)
+        try:
+            return self._step(tok, pos)
+        except Exception as e:  # Inductor raises many types (lowering, C++ build); the eager step is always valid
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            warnings.warn(f"compiled decode failed ({type(e).__name__}: {first}); decoding eagerly", RuntimeWarning, stacklevel=3)
+            self.mode, self._step, self.fallback = "eager", self._eager_step, False
+            return self._step(tok, pos)
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:

@@ -29,5 +29,6 @@ def timed_rounds(models: list[nn.Module], prefill: tuple[int, ...], batches: tup
             for b in batches:
                 dec[i][b].append(speed.decode_tokens_per_s(m, b, prompt_len, new_tokens, w, 1, mode, decoders[i][b])["median"])
     return [{"prefill_ms": {str(n): speed.spread(v) for n, v in p.items()},
-             "decode_tokens_per_s": {str(b): speed.spread(v) for b, v in d.items()}, "decode_mode": mode}
-            for p, d in zip(pre, dec)]
+             "decode_tokens_per_s": {str(b): speed.spread(v) for b, v in d.items()},
+             "decode_mode": getattr(next(iter(ds.values()), None), "mode", mode)}  # what ran (auto may have fallen back)
+            for p, d, ds in zip(pre, dec, decoders)]

@@ -45,9 +45,9 @@ def test_add_ratios_base_is_one():
 
 def test_settings_defaults_by_device_and_round_trip():
     cpu = BenchSettings().resolved(torch.device("cpu"))
-    assert (cpu.batches, cpu.new_tokens, cpu.repeats, cpu.warmup, cpu.decode_mode) == ((1,), 32, 3, 1, "compile")
+    assert (cpu.batches, cpu.new_tokens, cpu.repeats, cpu.warmup, cpu.decode_mode) == ((1,), 32, 3, 1, "auto")
     gpu = BenchSettings().resolved(torch.device("cuda"))
-    assert (gpu.batches, gpu.new_tokens, gpu.repeats, gpu.warmup, gpu.decode_mode) == ((1, 8), 128, 10, 3, "compile")
+    assert (gpu.batches, gpu.new_tokens, gpu.repeats, gpu.warmup, gpu.decode_mode) == ((1, 8), 128, 10, 3, "auto")
     assert BenchSettings.from_dict(cpu.to_dict()) == cpu
     with pytest.raises(CompressError, match="unknown bench setting.*'speed'"):
         BenchSettings.from_dict({"speed": 1})
@@ -113,7 +113,7 @@ def test_benchmark_restores_threads(monkeypatch):
 
 def test_interleave_keeps_the_decode_mode():
     s = BenchSettings(interleave=True).resolved(torch.device("cpu"))
-    assert s.interleave and s.decode_mode == "compile"
+    assert s.interleave and s.decode_mode == "auto"
     assert BenchSettings(interleave=True, decode_mode="eager").resolved(torch.device("cpu")).decode_mode == "eager"
 
 

@@ -51,3 +51,24 @@ def test_cuda_modes_match_eager(tiny_model, mode):
     dec = StaticDecoder(model, 16, mode)
     assert torch.equal(dec.generate(ids, 10), want)
     assert torch.equal(dec.generate(ids, 10), want)  # replay after a rewind
+
+
+def test_auto_falls_back_to_eager_when_compiling_fails(tiny_model, monkeypatch):
+    """Where Inductor cannot build (no C++ compiler, say) `auto` still decodes, eagerly, with a warning;
+    an explicit `compile` raises."""
+    from compress.eval import fast_decode
+
+    def broken(fn, device):
+        def step(*a):
+            raise RuntimeError("no C++ compiler found")
+        return step
+
+    monkeypatch.setattr(fast_decode, "compile_step", broken)
+    ids = torch.randint(0, 300, (1, 5), generator=torch.Generator().manual_seed(0))
+    want = StaticDecoder(tiny_model, 12, "eager").generate(ids, 6)
+    dec = StaticDecoder(tiny_model, 12, "auto")
+    with pytest.warns(RuntimeWarning, match="compiled decode failed .*no C\\+\\+ compiler"):
+        got = dec.generate(ids, 6)
+    assert torch.equal(got, want) and dec.mode == "eager"
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        StaticDecoder(tiny_model, 12, "compile").generate(ids, 6)

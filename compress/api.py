@@ -64,8 +64,10 @@ def run(recipe: Recipe | str | Path | dict, model: str | nn.Module | None = None
     t_start = time.perf_counter()
     r = as_recipe(recipe, overrides)
     out_path = Path(out) if out is not None else None
-    if out_path is not None:
-        check_out_dir(out_path, force)  # before any work: a refused run costs nothing
+    if out_path is not None:  # before any work: a refused run costs nothing
+        given = model if model is not None else r.model
+        inputs = tuple(Path(p) for p in (given,) if isinstance(p, (str, Path)) and Path(p).exists())
+        check_out_dir(out_path, force, inputs)
     for source in _sources(r):
         source_path(source)  # a missing data file fails now, not after loading the model
     dev = pick_device(device)

@@ -10,32 +10,77 @@ from typing import Iterator
 from compress.errors import CompressError
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse an existing output directory unless `force` (checked before any work is done)."""
-    if out.exists() and not force:
-        raise CompressError(f"{out}: output directory exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
+MARKERS = ("compress.json", "recipe.yaml")  # what only a directory we wrote holds: the only kind --force replaces
+
+
+def _is_ours(d: Path) -> bool:
+    return d.is_dir() and (any((d / m).is_file() for m in MARKERS) or not any(d.iterdir()))
+
+
+def check_out_dir(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse, before any work is done: an existing output unless `force`, and with `force` anything but a
+    compress checkpoint (or an empty directory); the working directory, an input, or a parent of either."""
+    if not str(out).strip():
+        raise CompressError("--out is empty; name a new directory, e.g. --out out/int8")
+    where = out.resolve()
+    for kind, p in [("the working directory", Path.cwd()), *(("the input", i) for i in inputs)]:
+        p = p.resolve()
+        if where == p or where in p.parents:
+            raise CompressError(f"{out}: is {kind} {p} or a parent of it; write the checkpoint to a new directory")
+    if not out.exists():
+        return
+    if not out.is_dir():
         raise CompressError(f"{out}: exists and is not a directory")
+    if not force:
+        raise CompressError(f"{out}: output directory exists; pass --force to replace it")
+    if not _is_ours(out):
+        raise CompressError(f"{out}: exists and is not a compress checkpoint (no {' or '.join(MARKERS)}); "
+                            f"--force only replaces checkpoints, so nothing was deleted; choose another --out")
+
+
+def _clean_stale(out: Path) -> None:
+    """Remove temporary siblings left by a killed run (their process is gone), saying so."""
+    import sys
+
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and os.name == "posix":
+            print(f"removing {tmp}: left by an interrupted run (process {pid} is gone)", file=sys.stderr)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
 def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory; rename it to `out` only if the block succeeds."""
+    """Yield a temporary sibling directory; rename it to `out` only if the block succeeds.
+
+    The existing `out` (with `force`) is renamed aside first and removed only after the new one is in
+    place, so a failure at any point leaves the old checkpoint (or nothing) at `out`."""
     out = Path(out)
     check_out_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
         if out.exists():
+            check_out_dir(out, force)  # again: another run may have written it meanwhile
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except OSError:
+                old.rename(out)  # put the previous checkpoint back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except OSError:
+                if out.exists():
+                    raise CompressError(f"{out}: another run wrote it while this one was saving; it was left as it is") from None
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -50,8 +50,13 @@ def test_existing_out_is_refused_without_force(tmp_path, tiny_model, tokenizer):
     with pytest.raises(CompressError, match="exists; pass --force"):
         checkpoint.save(tiny_model, tokenizer, out)
     assert (out / "keep").exists()
-    checkpoint.save(tiny_model, tokenizer, out, force=True)
-    assert not (out / "keep").exists() and (out / "model.safetensors").exists()
+    with pytest.raises(CompressError, match="not a compress checkpoint"):  # --force replaces only what we wrote
+        checkpoint.save(tiny_model, tokenizer, out, force=True)
+    assert (out / "keep").exists()
+    checkpoint.save(tiny_model, tokenizer, tmp_path / "ck2")
+    (tmp_path / "ck2" / "keep").write_text("x")
+    checkpoint.save(tiny_model, tokenizer, tmp_path / "ck2", force=True)
+    assert not (tmp_path / "ck2" / "keep").exists() and (tmp_path / "ck2" / "model.safetensors").exists()
 
 
 def test_failed_save_leaves_nothing(tmp_path, tiny_model, monkeypatch):

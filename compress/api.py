@@ -93,6 +93,10 @@ def run(recipe: Recipe | str | Path | dict, model: str | nn.Module | None = None
     ppl_cfg = r.evaluate.perplexity if r.evaluate else None
     if ppl_cfg is not None and r.evaluate.baseline:
         report["perplexity_before"] = _ppl(net, tok, ppl_cfg, progress)
+    bad = non_finite(net)
+    if bad:
+        raise CompressError(f"model {name}: {bad} before any pass; compressing it would spread NaN into scales and "
+                            f"checkpoints; fix or re-export the model")
     report["passes"] = []
     for i, step in enumerate(r.steps):
         spec = get_pass(step.name)
@@ -100,6 +104,10 @@ def run(recipe: Recipe | str | Path | dict, model: str | nn.Module | None = None
         ctx.stats = {}
         t0 = time.perf_counter()
         net = spec.fn(net, step.config, ctx) or net
+        bad = non_finite(net)
+        if bad:
+            raise CompressError(f"{ctx.where}: produced {bad}; nothing was saved (lower a learning rate or "
+                                f"temperature, raise damp, or check the calibration data)")
         report["passes"].append({"name": step.name, "seconds": round(time.perf_counter() - t0, 3), **ctx.stats})
         if progress:
             print(f"[{i + 1}/{len(r.steps)}] {step.name}: {report['passes'][-1]['seconds']:.1f}s", flush=True)
@@ -111,6 +119,14 @@ def run(recipe: Recipe | str | Path | dict, model: str | nn.Module | None = None
     if out_path is not None:
         checkpoint.save(net, tok, out_path, dtype=store, recipe_yaml=r.to_yaml(), report=report, force=force)
     return RunResult(net, tok, report, out_path)
+
+
+def non_finite(model: nn.Module) -> str | None:
+    """'tensor NAME holds N NaN/inf value(s)' for the first floating tensor that does, else None."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            return f"tensor {name} holds {int((~torch.isfinite(t)).sum())} NaN/inf value(s)"
+    return None
 
 
 def reads_text(r: Recipe) -> bool:

@@ -117,7 +117,7 @@ def fetch(name: str = typer.Argument(..., help="Model to fetch: smollm2.")) -> N
 @user_errors
 def demo(
     recipe: str = typer.Option("demo", help="Recipe name in recipes/ or a path."),
-    out: Path = typer.Option(Path("demo-out"), help="Where the compressed checkpoint goes (replaced)."),
+    out: Path = typer.Option(Path("demo-out"), help="Where the compressed checkpoint goes (an earlier compress checkpoint there is replaced; anything else is refused)."),
     max_windows: Optional[int] = typer.Option(None, min=1, help="Perplexity windows (default: all on GPU, 8 on CPU)."),
     device: Optional[str] = typer.Option(None, help="cuda or cpu."),
 ) -> None:

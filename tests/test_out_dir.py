@@ -86,3 +86,44 @@ def test_a_run_that_finds_out_written_meanwhile_fails_and_leaves_it(ws):
             (ws / "ck").mkdir()
             (ws / "ck" / "compress.json").write_text('{"theirs": 1}')  # the other run finished first
     assert (ws / "ck" / "compress.json").read_text() == '{"theirs": 1}' and not list(ws.glob(".ck.*"))
+
+
+def test_a_nan_weight_is_refused_by_name_and_nothing_is_written(ws, tiny_dir, tokenizer):
+    import torch
+
+    import compress
+    from compress.errors import CompressError
+    from tests.conftest import make_model
+
+    model = make_model()
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    for recipe in ({"passes": [{"rtn": {"bits": 4, "group_size": 32}}]}, {"passes": [{"magnitude": {"sparsity": 0.5}}]}):
+        with pytest.raises(CompressError, match=r"model\.layers\.1\.mlp\.up_proj\.weight holds 1 NaN/inf"):
+            compress.run(recipe, model, tokenizer=tokenizer, out=ws / "ck", progress=False)
+        assert not (ws / "ck").exists() and not list(ws.glob(".ck.*"))
+
+
+def test_a_pass_that_produces_nan_is_named_and_nothing_is_written(ws, tokenizer, monkeypatch):
+    import dataclasses
+
+    import torch
+
+    import compress
+    from compress import registry
+    from compress.errors import CompressError
+    from tests.conftest import make_model
+
+    real = registry._PASSES["magnitude"]
+
+    def poisoned(model, cfg, ctx):
+        model = real.fn(model, cfg, ctx) or model
+        with torch.no_grad():
+            model.model.norm.weight[0] = float("inf")  # as a diverged distillation would leave it
+        return model
+
+    monkeypatch.setitem(registry._PASSES, "magnitude", dataclasses.replace(real, fn=poisoned))
+    with pytest.raises(CompressError, match=r"pass 'magnitude' \(#1\): produced tensor model\.norm\.weight holds 1 NaN/inf"):
+        compress.run({"passes": [{"magnitude": {"sparsity": 0.5}}]}, make_model(), tokenizer=tokenizer, out=ws / "ck",
+                     progress=False)
+    assert not (ws / "ck").exists() and not list(ws.glob(".ck.*"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union
@@ -66,6 +67,9 @@ def coerce(value: Any, tp: Any) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise TypeError(f"expected a finite number, got {value!r} (NaN and infinities would train or "
+                                f"quantize every weight to NaN)")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

@@ -41,6 +41,9 @@ def test_bare_pass_name_is_accepted():
     ("passes: [rtn]\nevaluate: {perplexity: {seq_len: x}}\n", "evaluate.perplexity: option 'seq_len'"),
     ("- just a list\n", "a recipe is a mapping"),
     ("passes: [gptq]\ncalibration: {source: wikitext2-test}\n", "calibration.source: wikitext2-test is the evaluation split"),
+    ("passes:\n  - magnitude: {sparsity: .nan}\n", "option 'sparsity': expected a finite number, got nan"),
+    ("passes:\n  - gptq: {damp: .inf}\n", "option 'damp': expected a finite number, got inf"),
+    ("passes:\n  - distill: {lr: -.inf}\n", "option 'lr': expected a finite number, got -inf"),
 ])
 def test_bad_recipes_name_file_pass_and_key(recipe_file, text, expected):
     path = recipe_file(text)

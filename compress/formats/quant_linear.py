@@ -135,21 +135,30 @@ class QuantLinear(PackedLinear):
         bf16, so one rounding, as fp32 math then a cast, at a third of the memory traffic)."""
         if dtype is None:
             return dequantize(self.codes(), self.scales, self.zero_points(), self.qspec)[:, : self.in_features]
-        n, kp = self.out_features, self.qspec.padded_in(self.in_features)
-        g = self.qspec.group_for(self.in_features)
-        zero = self.zero_points().to(dtype).unsqueeze(-1)
-        if self.qspec.bits == 8:  # stored q - 128 is exact in bf16, and so is (q - 128) - (z - 128)
-            q = self.qweight.view(n, kp // g, g).to(dtype)
-            q = q if self.zeros is None else q.sub_(zero - 128)
-        else:
-            q = self.codes().view(n, kp // g, g).to(dtype).sub_(zero)
-        w = q.mul_(self.scales.to(dtype).unsqueeze(-1))
-        return w.view(n, kp)[:, : self.in_features]
+        if self.layout == "cuda_tinygemm":  # its inverse is an index gather: not a pure function of the buffers
+            return dequant_weight(pack_codes(self.codes(), 4), self.scales, self.zeros, "portable", 4,
+                                  self.qspec.group_for(self.in_features), self.in_features, dtype)
+        return dequant_weight(self.qweight, self.scales, self.zeros, self.layout, self.qspec.bits,
+                              self.qspec.group_for(self.in_features), self.in_features, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from compress.kernels import quant_linear
 
         return quant_linear(x, self)
+
+
+def dequant_weight(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, layout: str, bits: int,
+                   group: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """[N, K] weight in `dtype` straight from the stored buffers: a pure function, so the prefill path can
+    compile it into one loop. (q − z) is exact in bf16, so there is one rounding, as in fp32 math then a cast."""
+    codes = qweight if bits == 8 else int4_layout.cpu_unpack(qweight) if layout == "cpu_int4" else unpack_codes(qweight, 4)
+    n, kp = codes.shape
+    q = codes.view(n, kp // group, group).to(dtype)
+    if bits == 8:  # stored q - 128: the symmetric zero (128) is already subtracted, an asymmetric one is z - 128
+        q = q if zeros is None else q - (zeros.to(dtype).unsqueeze(-1) - 128)
+    else:
+        q = q - (zeros.to(dtype).unsqueeze(-1) if zeros is not None else 8)
+    return (q * scales.to(dtype).unsqueeze(-1)).view(n, kp)[:, :in_features]
 
 
 def _portable_state(mod: QuantLinear, state: dict[str, torch.Tensor], prefix: str, _meta: Any) -> None:

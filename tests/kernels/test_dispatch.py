@@ -68,3 +68,30 @@ def test_batched_input_and_bias():
     y = quant_linear(x, case.mod)
     assert y.shape == (2, 3, 32)
     check(y, x, case)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, 64, False), QuantSpec(4, -1, True), QuantSpec(8, -1, True), QuantSpec(8, 32, False)], ids=str)
+def test_compiled_and_eager_dequantize_agree(spec, monkeypatch):
+    """The prefill path's compiled dequantize is the eager function, value for value."""
+    case = build(spec, 80, 576)
+    x = torch.randn(100, 576, dtype=torch.bfloat16)
+    compiled = quant_linear(x, case.mod, "dequant")
+    monkeypatch.setattr(dispatch, "COMPILE_DEQUANT", False)
+    assert torch.equal(quant_linear(x, case.mod, "dequant"), compiled)
+
+
+def test_dequantize_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    case = build(QuantSpec(4, 64, False), 64, 576)
+    x = torch.randn(100, 576)
+
+    def no_compiler(fn, **kw):
+        def f(*a):
+            raise RuntimeError("no C++ compiler")
+        return f
+
+    monkeypatch.setattr(dispatch, "_COMPILED_DEQUANT", [])
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    with pytest.warns(RuntimeWarning, match="compiled dequantize failed"):
+        check(quant_linear(x, case.mod, "dequant"), x, case, eps=1e-6)
+    assert dispatch._COMPILED_DEQUANT == [None]
+    check(quant_linear(x, case.mod, "dequant"), x, case, eps=1e-6)  # eager from now on, silently

@@ -56,3 +56,14 @@ def test_batched_3d_input():
     mod, _ = make(8, -1, True)
     x = torch.randn(2, 5, 96)
     assert torch.allclose(mod(x), torch.stack([mod(x[0]), mod(x[1])]), atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, -1, False), QuantSpec(4, -1, True), QuantSpec(8, -1, True), QuantSpec(4, 32, False)], ids=str)
+def test_odd_k_after_pruning_packs_and_runs(spec):
+    """K = 55 (structured pruning with round_to 1): int4 per channel pads one zero column; every path stays right."""
+    case = build(spec, 16, 55)
+    assert case.mod.dense_weight().shape == (16, 55)
+    for m in (1, 100):
+        x = torch.randn(m, 55)
+        check(case.mod(x), x, case)
+        check(dequant_linear(x, case.mod), x, case, eps=1e-6)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from compress.errors import CompressError
@@ -117,15 +117,34 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise CompressError(f"{path / MANIFEST}: unreadable manifest: {e}") from None
 
 
+DAMAGE = (KeyError, TypeError, AttributeError, ValueError, RuntimeError, OSError, IndexError, SafetensorError)
+
+
+def damaged(path: Path, e: BaseException) -> CompressError:
+    """One line for a checkpoint whose files do not fit together (truncated, edited, from another version)."""
+    first = (str(e).strip().splitlines() or [""])[0][:160]
+    return CompressError(f"{path}: damaged or inconsistent checkpoint ({type(e).__name__}: {first}); "
+                         f"re-create it with `compress run RECIPE --out {path} --force`")
+
+
 def load(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
     """Rebuild a model saved by `save`: same modules, same buffers, same logits."""
+    path = Path(path)
+    if not (path / WEIGHTS).is_file():
+        raise CompressError(f"{path}: not a compress checkpoint (no {WEIGHTS})")
+    try:
+        return _load(path, device, dtype)
+    except CompressError:
+        raise
+    except DAMAGE as e:
+        raise damaged(path, e) from None
+
+
+def _load(path: Path, device: torch.device | str | None, dtype: torch.dtype | None) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from compress.models import STORAGE_ATTR, config_dtype, compute_dtype, pick_device
 
-    path = Path(path)
-    if not (path / WEIGHTS).is_file():
-        raise CompressError(f"{path}: not a compress checkpoint (no {WEIGHTS})")
     device = pick_device(device)
     manifest = _read_manifest(path) if is_checkpoint(path) else {"formats": {}}
     dtype = dtype or compute_dtype(device, any(e.get("format") == "int" for e in manifest["formats"].values()))
@@ -166,6 +185,15 @@ def inspect(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not (path / WEIGHTS).is_file():
         raise CompressError(f"{path}: not a checkpoint directory (no {WEIGHTS})")
+    try:
+        return _inspect(path)
+    except CompressError:
+        raise
+    except DAMAGE as e:
+        raise damaged(path, e) from None
+
+
+def _inspect(path: Path) -> dict[str, Any]:
     formats = _read_manifest(path)["formats"] if is_checkpoint(path) else {}
     modules: dict[str, dict[str, Any]] = {}
     with safe_open(str(path / WEIGHTS), "pt") as f:

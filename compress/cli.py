@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -162,6 +163,7 @@ def bench(
                              batches=parse_ints(batch, "--batch") if batch else None, prompt_len=prompt_len,
                              new_tokens=new_tokens, warmup=warmup, repeats=repeats, decode_mode=decode_mode,
                              interleave=interleave, threads=threads)
+    output_files(("--json", json_out), ("--plot", plot), ("--save-baseline", save_baseline))
     report = benchmark(models, settings, device, progress=not quiet)
     typer.echo(bench_table(report))
     if json_out is not None:
@@ -192,6 +194,7 @@ def regress(
     from compress.eval.regress import regress_table
 
     tol = {"perplexity": tol_perplexity, "latency": tol_latency, "size": tol_size}
+    output_files(("--json", json_out))
     checks, report = run_regress(baseline, current, device, tol, progress=not quiet)
     typer.echo(regress_table(checks))
     if json_out is not None:
@@ -199,6 +202,20 @@ def regress(
         json_out.write_text(json.dumps({"checks": [c.to_dict() for c in checks], "current": report}, indent=1))
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
+
+
+def output_files(*named: tuple[str, Optional[Path]]) -> None:
+    """Report files that could not be written, before minutes of measuring rather than after."""
+    for option, f in named:
+        if f is None:
+            continue
+        if f.is_dir():
+            raise CompressError(f"{option} {f}: is a directory; give a file name, e.g. {f / 'report.json'}")
+        parent = f.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise CompressError(f"{option} {f}: {parent} is not a writable directory")
 
 
 def main() -> None:

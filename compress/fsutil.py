@@ -28,6 +28,7 @@ def check_out_dir(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None
         if where == p or where in p.parents:
             raise CompressError(f"{out}: is {kind} {p} or a parent of it; write the checkpoint to a new directory")
     if not out.exists():
+        _check_writable(out)
         return
     if not out.is_dir():
         raise CompressError(f"{out}: exists and is not a directory")
@@ -36,6 +37,17 @@ def check_out_dir(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None
     if not _is_ours(out):
         raise CompressError(f"{out}: exists and is not a compress checkpoint (no {' or '.join(MARKERS)}); "
                             f"--force only replaces checkpoints, so nothing was deleted; choose another --out")
+
+
+def _check_writable(out: Path) -> None:
+    """The nearest existing parent must be a writable directory: found now, not after the work is done."""
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CompressError(f"{out}: {parent} is a file, so no directory can be made under it; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CompressError(f"{out}: {parent} is not writable (permissions or a read-only file system); choose another --out")
 
 
 def _clean_stale(out: Path) -> None:

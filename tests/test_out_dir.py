@@ -41,6 +41,7 @@ CASES = [  # (--out, extra args, expected words in the error)
     ("afile", ["--force"], "not a directory"),
     ("{model}", ["--force"], "the input"),
     ("{model_parent}", ["--force"], "working directory"),
+    ("afile/sub/ck", [], "is a file, so no directory can be made under it"),
 ]
 
 
@@ -127,3 +128,16 @@ def test_a_pass_that_produces_nan_is_named_and_nothing_is_written(ws, tokenizer,
         compress.run({"passes": [{"magnitude": {"sparsity": 0.5}}]}, make_model(), tokenizer=tokenizer, out=ws / "ck",
                      progress=False)
     assert not (ws / "ck").exists() and not list(ws.glob(".ck.*"))
+
+
+def test_an_unwritable_parent_is_refused_before_any_work(ws, tiny_dir, monkeypatch):
+    """(Root ignores permission bits, so the refusal of the OS is simulated; a read-only mount answers the same.)"""
+    import compress.fsutil as fsutil
+
+    ro = ws / "ro"
+    ro.mkdir()
+    real = fsutil.os.access
+    monkeypatch.setattr(fsutil.os, "access", lambda p, mode: False if Path(p) == ro else real(p, mode))
+    res = runner.invoke(app, ["run", "r.yaml", "--model", str(tiny_dir), "--out", "ro/ck", "--device", "cpu", "-q"])
+    assert res.exit_code == 2 and "is not writable" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not list(ro.iterdir())

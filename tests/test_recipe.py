@@ -53,6 +53,20 @@ def test_bad_recipes_name_file_pass_and_key(recipe_file, text, expected):
     assert msg.startswith(str(path)) and expected in msg and "\n" not in msg
 
 
+def test_a_key_given_twice_is_refused_with_its_line(recipe_file):
+    path = recipe_file("passes:\n  - rtn: {bits: 8}\nevaluate: {}\npasses:\n  - rtn: {bits: 4}\n")
+    with pytest.raises(RecipeError, match=r"line 4, column 1: key 'passes' appears twice"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match="key 'bits' appears twice"):
+        load_recipe(recipe_file("passes:\n  - rtn: {bits: 8, bits: 4}\n"))
+
+
+def test_a_huge_file_is_refused_before_parsing(recipe_file):
+    path = recipe_file("passes: [rtn]\n" + "#" * (1 << 20))
+    with pytest.raises(RecipeError, match="is not a recipe"):
+        load_recipe(path)
+
+
 def test_yaml_syntax_error_names_line(recipe_file):
     path = recipe_file("passes:\n  - rtn: {bits: 8\n")
     with pytest.raises(RecipeError, match=r"YAML syntax error at line \d+"):

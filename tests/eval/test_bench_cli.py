@@ -104,3 +104,12 @@ def test_bench_user_errors(tmp_path, tiny_dir):
     assert res.exit_code == 2 and "--prefill '12,x'" in res.output
     res = invoke("regress", "--baseline", tmp_path / "nope.json")
     assert res.exit_code == 2 and "file not found" in res.output
+
+
+def test_an_output_path_that_is_a_directory_fails_before_measuring(tmp_path, monkeypatch):
+    from compress.eval import bench
+
+    monkeypatch.setattr(bench, "benchmark", lambda *a, **k: pytest.fail("measured before checking its outputs"))
+    res = CliRunner().invoke(app, ["bench", "smollm2", "--json", str(tmp_path), "--device", "cpu", "-q"])
+    assert res.exit_code == 2 and "--json" in res.stderr and "is a directory" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

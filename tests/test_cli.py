@@ -107,3 +107,12 @@ def test_eval_json_is_valid_json_when_perplexity_overflows(monkeypatch, tiny_dir
     res = invoke("eval", tiny_dir, "--data", text_file, "--json", "--device", "cpu")
     assert res.exit_code == 0
     assert json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))["perplexity"] is None
+
+
+def test_windows_beyond_the_models_positions_are_refused(tiny_dir, text_file):
+    """The tiny model has 512 positions: a longer perplexity window or prefill is one line, exit 2."""
+    res = invoke("eval", tiny_dir, "--data", text_file, "--seq-len", "1024", "--device", "cpu")
+    assert res.exit_code == 2 and "longer than the model's 512 positions" in res.stderr
+    res = invoke("bench", tiny_dir, "--prefill", "600", "--device", "cpu", "-q", "--data", text_file, "--seq-len", "64",
+                 "--decode-mode", "eager")
+    assert res.exit_code == 2 and "bench --prefill 600: longer than the model's 512 positions" in res.stderr

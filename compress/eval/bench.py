@@ -105,7 +105,12 @@ def measure(model: nn.Module, tokenizer: Any, s: BenchSettings, progress: bool =
     latency unless `timings` is False, when the caller times the models interleaved)."""
     from compress.eval.perplexity import perplexity
 
+    from compress.eval.perplexity import check_positions
+
     dev = speed.model_device(model)
+    if timings:
+        check_positions(model, max(s.prefill), "bench --prefill")
+        check_positions(model, s.prompt_len + s.new_tokens + 1, "bench --prompt-len + --new-tokens")
     row: dict[str, Any] = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "perplexity": None,
                            "perplexity_windows": None}
     if tokenizer is not None and not s.skip_perplexity:

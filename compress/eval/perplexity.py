@@ -10,10 +10,18 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from compress.data import eval_windows, read_text, tokenize
+from compress.errors import CompressError
 
 
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def check_positions(model: nn.Module, length: int, what: str) -> None:
+    """A window longer than the model's positions is a user error (RoPE extrapolates to garbage silently)."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and length > limit:
+        raise CompressError(f"{what} {length}: longer than the model's {limit} positions (max_position_embeddings); use ≤ {limit}")
 
 
 @torch.no_grad()
@@ -24,6 +32,7 @@ def perplexity(model: nn.Module, tokenizer: Any, source: str = "wikitext2-test",
     As in GPTQ/AWQ: window i covers tokens [i*L, (i+1)*L); the first token of a window has no
     context and is not scored. Returns perplexity, total tokens of the text, windows scored.
     """
+    check_positions(model, seq_len, "perplexity seq_len")
     tokens = tokenize(tokenizer, read_text(source))
     windows = eval_windows(tokens, seq_len, max_windows)
     device = model_device(model)

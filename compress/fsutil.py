@@ -56,9 +56,19 @@ def _clean_stale(out: Path) -> None:
 
     for tmp in out.parent.glob(f".{out.name}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and os.name == "posix":
+        if pid.isdigit() and not _alive(int(pid)):
             print(f"removing {tmp}: left by an interrupted run (process {pid} is gone)", file=sys.stderr)
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists but not ours, or cannot tell: leave it
+    return True
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,8 @@ def fetch_smollm2(progress: bool = True) -> Path:
     out = cache_dir() / "models" / "smollm2-135m"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
+    if out.is_dir():
+        shutil.rmtree(out)  # an incomplete copy in our own cache (an interrupted conversion)
     with tempfile.TemporaryDirectory() as td:
         gguf = _smollm2_gguf(Path(td), progress)
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -56,7 +56,37 @@ def load_report(path: str | Path, what: str = "baseline") -> dict[str, Any]:
     missing = [k for k in ("results", "entries", "settings", "env") if k not in data] if isinstance(data, dict) else ["results"]
     if missing or not data["results"]:
         raise CompressError(f"{what} {path}: not a bench report (missing {', '.join(missing) or 'results'}); expected the JSON of `compress bench`")
+    shapes = {"results": list, "entries": list, "settings": dict, "env": dict, "tolerances": dict}
+    for key, kind in shapes.items():
+        if key in data and not isinstance(data[key], kind):
+            raise CompressError(f"{what} {path}: field {key!r} must be a {kind.__name__}, got {type(data[key]).__name__}")
+    for i, row in enumerate(data["results"]):
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str) or not isinstance(row.get("ratios", {}), dict):
+            raise CompressError(f"{what} {path}: results[{i}] must be a row with a 'name' and a 'ratios' mapping")
+        bad = [k for k, v in row.get("ratios", {}).items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad or (row.get("perplexity") is not None and not isinstance(row["perplexity"], (int, float))):
+            raise CompressError(f"{what} {path}: results[{i}] ({row['name']}): non-numeric {', '.join(bad) or 'perplexity'}")
+    if not all(isinstance(e, str) for e in data["entries"]):
+        raise CompressError(f"{what} {path}: field 'entries' must be a list of model/recipe names")
     return data
+
+
+def locate_entries(entries: list[str], baseline_path: Path) -> list[str]:
+    """Entries as the baseline names them, relative to the working directory; one not found there is looked up
+    beside the baseline and in its parent folders (a baseline in benchmarks/ names recipes/ of the repo root)."""
+    from compress.eval.entries import split_dtype
+
+    out = []
+    for e in entries:
+        name, dtype = split_dtype(e)
+        p = Path(name)
+        if not p.is_absolute() and not p.exists() and (p.suffix or "/" in name):
+            for root in list(Path(baseline_path).resolve().parents)[:4]:
+                if (root / p).exists():
+                    name = str(root / p)
+                    break
+        out.append(name + (e[len(split_dtype(e)[0]):] if dtype is not None else ""))
+    return out
 
 
 def tolerances_of(baseline: dict[str, Any], overrides: dict[str, float | None] | None = None) -> dict[str, float]:
@@ -151,7 +181,10 @@ def regress(baseline_path: str | Path, current_path: str | Path | None = None, d
         dev = pick_device(device or ("cuda" if label == "CUDA" else "cpu"))
         if dev.type.upper() != label:  # fail before minutes of measuring, not after
             raise CompressError(f"regress: baseline was measured on {label}, --device {device!r} is not; compare like with like")
-        current = benchmark(baseline["entries"], settings, dev, progress)
+        current = benchmark(locate_entries(baseline["entries"], Path(baseline_path)), settings, dev, progress)
+        current["entries"] = baseline["entries"]  # compared by the baseline's names
+        for row, name in zip(current["results"], baseline["entries"]):
+            row["name"] = name
     check_same_setup(baseline, current)
     checks = compare(baseline, current, tol)
     if not checks:

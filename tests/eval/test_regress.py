@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
@@ -99,3 +100,37 @@ def test_a_device_unlike_the_baseline_fails_before_measuring(tmp_path, monkeypat
     path.write_text(json.dumps({**report(label="CUDA"), "tolerances": TOL}))
     with pytest.raises(CompressError, match="baseline was measured on CUDA, --device 'cpu' is not"):
         regress(path, device="cpu", progress=False)
+
+
+def test_entries_are_found_from_anywhere(tmp_path, monkeypatch):
+    from compress.eval.regress import locate_entries
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "int8.yaml").write_text("passes: [rtn]\n")
+    (tmp_path / "benchmarks").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    got = locate_entries(["smollm2@bf16", "recipes/int8.yaml", "recipes/int8.yaml@fp32", "random:llama3-8b"],
+                         tmp_path / "benchmarks" / "baseline.json")
+    want = str(tmp_path / "recipes" / "int8.yaml")
+    assert got == ["smollm2@bf16", want, want + "@fp32", "random:llama3-8b"]
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("results", {"a": 1}, "field 'results' must be a list"),
+    ("results", [{"ratios": {}}], "results[0] must be a row with a 'name'"),
+    ("results", [{"name": "m", "ratios": {"decode_tokens_per_s:1": "fast"}}], "non-numeric decode_tokens_per_s:1"),
+    ("tolerances", [0.2], "field 'tolerances' must be a dict"),
+    ("entries", [1, 2], "field 'entries' must be a list of model/recipe names"),
+])
+def test_a_malformed_baseline_is_one_line(tmp_path, field, value, words):
+    import json as _json
+
+    from compress.eval.regress import load_report
+
+    report = {"results": [{"name": "m", "ratios": {}}], "entries": ["m"], "settings": {}, "env": {}, field: value}
+    p = tmp_path / "b.json"
+    p.write_text(_json.dumps(report))
+    with pytest.raises(CompressError, match=re.escape(words)):
+        load_report(p)

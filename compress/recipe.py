@@ -21,9 +21,9 @@ class CalibrationConfig:
     """Where calibration windows come from (never the evaluation split)."""
 
     source: str = option("wikitext2-valid", "text source: wikitext2-valid, a file path, or hf:NAME[:CONFIG[:SPLIT]] (never wikitext2-test)")
-    samples: int = option(128, "number of windows sampled", min=1)
-    seq_len: int = option(2048, "tokens per window", min=8)
-    seed: int = option(0, "sampling seed")
+    samples: int = option(128, "number of windows sampled", min=1, max=100_000)
+    seq_len: int = option(2048, "tokens per window", min=8, max=1 << 20)
+    seed: int = option(0, "sampling seed", min=0, max=2**63 - 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,8 +31,8 @@ class PerplexityConfig:
     """Standard perplexity protocol: non-overlapping windows over the whole tokenized text."""
 
     source: str = option("wikitext2-test", "text source scored")
-    seq_len: int = option(2048, "tokens per window", min=8)
-    max_windows: int | None = option(None, "score only the first N windows (quick runs)", min=1)
+    seq_len: int = option(2048, "tokens per window", min=8, max=1 << 20)
+    max_windows: int | None = option(None, "score only the first N windows (quick runs)", min=1, max=1 << 20)
 
 
 @dataclass(frozen=True, kw_only=True)

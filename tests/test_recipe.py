@@ -41,6 +41,8 @@ def test_bare_pass_name_is_accepted():
     ("passes: [rtn]\nevaluate: {perplexity: {seq_len: x}}\n", "evaluate.perplexity: option 'seq_len'"),
     ("- just a list\n", "a recipe is a mapping"),
     ("passes: [gptq]\ncalibration: {source: wikitext2-test}\n", "calibration.source: wikitext2-test is the evaluation split"),
+    ("passes: [rtn]\ncalibration: {samples: 1000000000}\n", "calibration: option 'samples' = 1000000000 is out of range [1, 100000]"),
+    ("passes: [rtn]\ncalibration: {seed: 99999999999999999999999}\n", "option 'seed' = 99999999999999999999999 is out of range"),
     ("passes:\n  - magnitude: {sparsity: .nan}\n", "option 'sparsity': expected a finite number, got nan"),
     ("passes:\n  - gptq: {damp: .inf}\n", "option 'damp': expected a finite number, got inf"),
     ("passes:\n  - distill: {lr: -.inf}\n", "option 'lr': expected a finite number, got -inf"),

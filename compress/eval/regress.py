@@ -104,7 +104,8 @@ def tolerances_of(baseline: dict[str, Any], overrides: dict[str, float | None] |
     return tol
 
 
-def _row_checks(name: str, is_base: bool, old: dict[str, Any], new: dict[str, Any], tol: dict[str, float]) -> list[Check]:
+def _row_checks(name: str, is_base: bool, old: dict[str, Any], new: dict[str, Any], tol: dict[str, float],
+                gate_peak: bool = True) -> list[Check]:
     checks = []
     po, pn = old.get("perplexity"), new.get("perplexity")
     if po is not None and pn is not None:
@@ -117,7 +118,7 @@ def _row_checks(name: str, is_base: bool, old: dict[str, Any], new: dict[str, An
             checks.append(Check(name, f"{key} ÷ base", ro[key], rn[key], ro[key] * (1 - tol["latency"]), False))
         elif key.startswith("prefill_ms:"):
             checks.append(Check(name, f"{key} ÷ base", ro[key], rn[key], ro[key] * (1 + tol["latency"]), True))
-        elif key in ("size_bytes", "memory_bytes", "peak_memory_bytes"):
+        elif key in ("size_bytes", "memory_bytes") or (key == "peak_memory_bytes" and gate_peak):
             checks.append(Check(name, f"{key} ÷ base", ro[key], rn[key], ro[key] * (1 + tol["size"]), True))
     return checks
 
@@ -129,7 +130,8 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], tol: dict[str, fl
     for i, old in enumerate(baseline["results"]):
         if old["name"] not in now:
             raise CompressError(f"regress: entry {old['name']!r} of the baseline is missing from the current results")
-        checks += _row_checks(old["name"], i == 0, old, now[old["name"]], tol)
+        # the CUDA allocator's peak is exact; a CPU process's resident peak moves by a few % between runs: shown, not gated
+        checks += _row_checks(old["name"], i == 0, old, now[old["name"]], tol, baseline["env"].get("label") == "CUDA")
     return checks
 
 

@@ -134,3 +134,13 @@ def test_a_malformed_baseline_is_one_line(tmp_path, field, value, words):
     p.write_text(_json.dumps(report))
     with pytest.raises(CompressError, match=re.escape(words)):
         load_report(p)
+
+
+@pytest.mark.parametrize("label, gated", [("CUDA", True), ("CPU", False)])
+def test_peak_memory_is_gated_on_cuda_only(label, gated):
+    old, new = report(label=label), report(label=label)
+    old["results"][1]["ratios"]["peak_memory_bytes"] = 0.40
+    new["results"][1]["ratios"]["peak_memory_bytes"] = 0.44  # +10%: a real regression on a GPU, noise in a CPU's RSS
+    checks = compare(old, new, TOL)
+    assert (("int4.yaml", "peak_memory_bytes ÷ base") in failed(checks)) == gated
+    assert any(c.metric == "peak_memory_bytes ÷ base" for c in checks) == gated

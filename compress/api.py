@@ -81,6 +81,10 @@ def run(recipe: Recipe | str | Path | dict, model: str | nn.Module | None = None
     else:
         net, tok = load_model(model_spec, dev, compute_dtype(dev))
         name = str(model_spec)
+    bad = non_finite(net)
+    if bad:
+        raise CompressError(f"model {name}: {bad} before any pass; compressing it would spread NaN into scales and "
+                            f"checkpoints; fix or re-export the model")
     store = storage_dtype(net)
     needs_teacher = any(get_pass(s.name).needs_teacher for s in r.steps)
     original = copy.deepcopy(net).eval() if needs_teacher else None
@@ -93,10 +97,6 @@ def run(recipe: Recipe | str | Path | dict, model: str | nn.Module | None = None
     ppl_cfg = r.evaluate.perplexity if r.evaluate else None
     if ppl_cfg is not None and r.evaluate.baseline:
         report["perplexity_before"] = _ppl(net, tok, ppl_cfg, progress)
-    bad = non_finite(net)
-    if bad:
-        raise CompressError(f"model {name}: {bad} before any pass; compressing it would spread NaN into scales and "
-                            f"checkpoints; fix or re-export the model")
     report["passes"] = []
     for i, step in enumerate(r.steps):
         spec = get_pass(step.name)

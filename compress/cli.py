@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -206,16 +205,14 @@ def regress(
 
 def output_files(*named: tuple[str, Optional[Path]]) -> None:
     """Report files that could not be written, before minutes of measuring rather than after."""
+    from compress.fsutil import check_writable
+
     for option, f in named:
         if f is None:
             continue
         if f.is_dir():
             raise CompressError(f"{option} {f}: is a directory; give a file name, e.g. {f / 'report.json'}")
-        parent = f.absolute().parent
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise CompressError(f"{option} {f}: {parent} is not a writable directory")
+        check_writable(f, option)
 
 
 def main() -> None:

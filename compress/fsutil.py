@@ -28,7 +28,7 @@ def check_out_dir(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None
         if where == p or where in p.parents:
             raise CompressError(f"{out}: is {kind} {p} or a parent of it; write the checkpoint to a new directory")
     if not out.exists():
-        _check_writable(out)
+        check_writable(out)
         return
     if not out.is_dir():
         raise CompressError(f"{out}: exists and is not a directory")
@@ -39,15 +39,15 @@ def check_out_dir(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None
                             f"--force only replaces checkpoints, so nothing was deleted; choose another --out")
 
 
-def _check_writable(out: Path) -> None:
-    """The nearest existing parent must be a writable directory: found now, not after the work is done."""
+def check_writable(out: Path, what: str = "--out") -> None:
+    """`out` can be created: its nearest existing parent is a writable directory (found now, not after the work)."""
     parent = out.absolute().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise CompressError(f"{out}: {parent} is a file, so no directory can be made under it; choose another --out")
+        raise CompressError(f"{what} {out}: {parent} is a file, so nothing can be made under it; choose another path")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise CompressError(f"{out}: {parent} is not writable (permissions or a read-only file system); choose another --out")
+        raise CompressError(f"{what} {out}: {parent} is not writable (permissions or a read-only file system); choose another path")
 
 
 def _clean_stale(out: Path) -> None:

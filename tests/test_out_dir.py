@@ -41,7 +41,7 @@ CASES = [  # (--out, extra args, expected words in the error)
     ("afile", ["--force"], "not a directory"),
     ("{model}", ["--force"], "the input"),
     ("{model_parent}", ["--force"], "working directory"),
-    ("afile/sub/ck", [], "is a file, so no directory can be made under it"),
+    ("afile/sub/ck", [], "is a file, so nothing can be made under it"),
 ]
 
 

@@ -89,15 +89,13 @@ def environment(device: torch.device, s: BenchSettings) -> dict[str, Any]:
     """Where and how the numbers were taken."""
     import transformers
 
-    from compress.models import compute_dtype
-
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
     return {"device": str(device), "device_name": name, "label": "CUDA" if device.type == "cuda" else "CPU",
-            "dtype": str(compute_dtype(device)).removeprefix("torch."), "torch": torch.__version__,
+            "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "warmup": s.warmup, "repeats": s.repeats,
-            "decode_mode": s.decode_mode, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def measure(model: nn.Module, tokenizer: Any, s: BenchSettings, progress: bool = False, timings: bool = True) -> dict[str, Any]:

@@ -64,6 +64,11 @@ class StaticDecoder:
         self._step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
 
+    @property
+    def built(self) -> bool:
+        """Whether the step exists (a compiled or graphed step is built on the first decode)."""
+        return self._step is not None
+
     @torch.no_grad()
     def _eager_step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """One token per row at cache position `pos` → the next greedy token per row [B, 1]."""

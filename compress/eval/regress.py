@@ -78,14 +78,13 @@ def locate_entries(entries: list[str], baseline_path: Path) -> list[str]:
 
     out = []
     for e in entries:
-        name, dtype = split_dtype(e)
+        name = split_dtype(e)[0]
+        suffix = e[len(name):]  # '@bf16' or ''
         p = Path(name)
         if not p.is_absolute() and not p.exists() and (p.suffix or "/" in name):
-            for root in list(Path(baseline_path).resolve().parents)[:4]:
-                if (root / p).exists():
-                    name = str(root / p)
-                    break
-        out.append(name + (e[len(split_dtype(e)[0]):] if dtype is not None else ""))
+            found = next((root / p for root in list(Path(baseline_path).resolve().parents)[:4] if (root / p).exists()), None)
+            name = str(found) if found is not None else name
+        out.append(name + suffix)
     return out
 
 

@@ -70,7 +70,7 @@ def decode_tokens_per_s(model: nn.Module, batch: int, prompt_len: int, new_token
     dec = dec or StaticDecoder(model, prompt_len + new_tokens + 1, mode)
     ids = prompt_ids(model, batch, prompt_len)
     first = dec.prefill(ids)
-    warm = warmup if dec.mode == "eager" or dec._step is not None else max(warmup, 1)  # a compiled step is built on its first run
+    warm = warmup if dec.mode == "eager" or dec.built else max(warmup, 1)  # a compiled step is built on its first run
     secs = time_runs(lambda: dec.decode(first, prompt_len, new_tokens), model_device(model), warm, repeats)
     tps = [batch * new_tokens / s for s in secs]
     return {**spread(tps), "mode": dec.mode}

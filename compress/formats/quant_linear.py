@@ -135,10 +135,9 @@ class QuantLinear(PackedLinear):
         bf16, so one rounding, as fp32 math then a cast, at a third of the memory traffic)."""
         if dtype is None:
             return dequantize(self.codes(), self.scales, self.zero_points(), self.qspec)[:, : self.in_features]
-        if self.layout == "cuda_tinygemm":  # its inverse is an index gather: not a pure function of the buffers
-            return dequant_weight(pack_codes(self.codes(), 4), self.scales, self.zeros, "portable", 4,
-                                  self.qspec.group_for(self.in_features), self.in_features, dtype)
-        return dequant_weight(self.qweight, self.scales, self.zeros, self.layout, self.qspec.bits,
+        # tinygemm's CUDA layout is inverted by an index gather, not a pure function of the buffers: pass its codes
+        stored, layout = (self.codes(), "codes") if self.layout == "cuda_tinygemm" else (self.qweight, self.layout)
+        return dequant_weight(stored, self.scales, self.zeros, layout, self.qspec.bits,
                               self.qspec.group_for(self.in_features), self.in_features, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,9 +148,11 @@ class QuantLinear(PackedLinear):
 
 def dequant_weight(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, layout: str, bits: int,
                    group: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
-    """[N, K] weight in `dtype` straight from the stored buffers: a pure function, so the prefill path can
-    compile it into one loop. (q − z) is exact in bf16, so there is one rounding, as in fp32 math then a cast."""
-    codes = qweight if bits == 8 else int4_layout.cpu_unpack(qweight) if layout == "cpu_int4" else unpack_codes(qweight, 4)
+    """[N, K] weight in `dtype` straight from the stored buffers (`layout` "codes": int4 codes already unpacked):
+    a pure function, so the prefill path can compile it into one loop. (q − z) is exact in bf16, so there is
+    one rounding, as in fp32 math then a cast."""
+    unpack = {"cpu_int4": int4_layout.cpu_unpack, "codes": lambda c: c}.get(layout, lambda p: unpack_codes(p, 4))
+    codes = qweight if bits == 8 else unpack(qweight)
     n, kp = codes.shape
     q = codes.view(n, kp // group, group).to(dtype)
     if bits == 8:  # stored q - 128: the symmetric zero (128) is already subtracted, an asymmetric one is z - 128

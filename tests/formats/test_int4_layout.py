@@ -56,3 +56,14 @@ def test_module_holds_one_copy_in_the_kernel_layout_and_saves_the_portable_one()
     assert clone.layout == "cpu_int4" and torch.equal(clone.codes(), mod.codes())
     clone.set_layout("portable")
     assert torch.equal(clone.qweight, portable) and clone.sz is None
+
+
+def test_dequantize_from_unpacked_codes_matches_every_stored_layout():
+    """The CUDA layout's dense path hands `dequant_weight` its codes; checked here against the CPU layout's."""
+    from compress.formats.quant_linear import dequant_weight
+
+    mod = make(QuantSpec(4, 64, False), 80, 576)
+    args = (mod.scales, mod.zeros, 4, 64, 576, torch.bfloat16)
+    from_codes = dequant_weight(mod.codes(), args[0], args[1], "codes", *args[2:])
+    assert torch.equal(from_codes, dequant_weight(mod.qweight, args[0], args[1], "cpu_int4", *args[2:]))
+    assert torch.equal(from_codes, dequant_weight(pack_codes(mod.codes(), 4), args[0], args[1], "portable", *args[2:]))

@@ -5,6 +5,7 @@ import functools
 import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -100,6 +101,22 @@ def inspect(
 
     info = inspect_ckpt(path)
     typer.echo(json.dumps(info, indent=1) if as_json else inspect_table(info))
+
+
+@app.command()
+@user_errors
+def export(
+    source: str = typer.Argument(..., help="Compress checkpoint (or model directory) to export."),
+    fmt: str = typer.Option(..., "--format", "-f", help="Target: compressed-tensors (vLLM / SGLang / transformers), gguf (llama.cpp / Ollama), dense (plain safetensors)."),
+    out: Path = typer.Option(..., "--out", "-o", help="New directory for the exported model (written atomically)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing export or checkpoint at --out."),
+) -> None:
+    """Write SOURCE in a format serving engines load; a module the format cannot hold is refused by name."""
+    from compress.export.driver import export as run_export
+
+    res = run_export(source, fmt, out, force=force)
+    kinds = ", ".join(f"{n} × {k}" for k, n in sorted(Counter(res.modules.values()).items())) or "no packed modules"
+    typer.echo(f"exported {res.out} ({res.format}: {kinds})")
 
 
 @app.command()

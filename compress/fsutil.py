@@ -10,7 +10,7 @@ from typing import Iterator
 from compress.errors import CompressError
 
 
-MARKERS = ("compress.json", "recipe.yaml")  # what only a directory we wrote holds: the only kind --force replaces
+MARKERS = ("compress.json", "recipe.yaml", "compress-export.json")  # only a directory we wrote holds one: the only kind --force replaces
 
 
 def _is_ours(d: Path) -> bool:

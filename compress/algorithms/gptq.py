@@ -27,12 +27,14 @@ class GPTQResult:
 
 
 def _prepare_hessian(H: torch.Tensor, w: torch.Tensor, kp: int, damp: float) -> torch.Tensor:
-    """Pad H to Kp (padded inputs are dead), damp it, and zero the dead columns of w in place."""
+    """Damp H on the real K×K block (padding must not enter damp · mean(diag): at K = 576, group 256 the
+    padded ones made damping up to 71× too strong), zero the dead columns of w in place, then pad to Kp
+    with a decoupled unit diagonal (padded inputs are always 0)."""
     k = H.shape[0]
-    Hp = torch.zeros(kp, kp, dtype=torch.float64, device=H.device)
-    Hp[:k, :k] = H.double()
-    Hp, dead = damped(Hp, damp)
-    w[:, dead] = 0
+    Hd, dead = damped(H, damp)
+    w[:, :k][:, dead] = 0
+    Hp = torch.eye(kp, dtype=torch.float64, device=H.device)
+    Hp[:k, :k] = Hd
     return Hp
 
 

@@ -13,7 +13,7 @@ import torch
 
 from compress.algorithms.grid import QuantSpec, compute_qparams, pad_columns
 from compress.algorithms.hessian import damped, inverse_factor
-from compress.algorithms.masks import nm_mask, row_mask
+from compress.algorithms.masks import matrix_mask, nm_mask
 
 
 @dataclass
@@ -34,7 +34,7 @@ def inverse_hessian_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
 
 def sparsegpt_prune(w: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None,
                     blocksize: int = 128, damp: float = 0.01, quant: QuantSpec | None = None) -> SparseGPTResult:
-    """Prune `w` [N, K] to `sparsity` per row (or N:M) given the layer Hessian H [K, K]."""
+    """Prune `w` [N, K] to `sparsity` of each column block (or N:M per row) given the layer Hessian H [K, K]."""
     W = w.detach().float().clone()
     rows, cols = W.shape
     if nm is not None and (cols % nm[1] or blocksize % nm[1]):
@@ -54,7 +54,9 @@ def sparsegpt_prune(w: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
         Err1 = torch.zeros_like(W1)
-        M1 = row_mask(W1**2 / d.unsqueeze(0) ** 2, sparsity) if nm is None else torch.ones_like(W1, dtype=torch.bool)
+        # unstructured: one threshold over the whole rows × block (as the paper's code), not per row: rows whose
+        # weights matter less give up more of them
+        M1 = matrix_mask(W1**2 / d.unsqueeze(0) ** 2, sparsity) if nm is None else torch.ones_like(W1, dtype=torch.bool)
         for i in range(i2 - i1):
             col = i1 + i
             if nm is not None and i % nm[1] == 0:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compress.algorithms.gptq import gptq_quantize
-from compress.algorithms.grid import QuantSpec, compute_qparams, dequantize
+from compress.algorithms.grid import QuantSpec, compute_qparams, dequantize, pad_columns
 from compress.algorithms.rtn import rtn_quantize
 
 
@@ -48,7 +48,7 @@ def obs_reference(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, damp: float
     W = w.double().clone()
     Hd = H.double() + damp * torch.mean(torch.diag(H.double())) * torch.eye(H.shape[0], dtype=torch.float64)
     Hinv = torch.linalg.inv(Hd)
-    scale, zero = compute_qparams(w, spec)
+    scale, zero = compute_qparams(pad_columns(w, spec.padded_in(w.shape[1])), spec)  # groups over padded K
     g = spec.group_for(w.shape[1])
     codes = torch.zeros_like(W)
     for j in range(W.shape[1]):
@@ -69,6 +69,18 @@ def test_matches_textbook_obs_update(spec):
     res = gptq_quantize(w, H, spec, damp=0.01, static_groups=True, block_size=32)  # lazy blocks ≠ column loop
     ref = obs_reference(w, H, spec, 0.01)
     assert (res.codes != ref).float().mean() < 0.01  # float32 vs float64: only rare near-ties may differ
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, 64, False), QuantSpec(4, 128, True)])
+def test_padding_to_whole_groups_does_not_enter_the_damping(spec):
+    # K = 96 is not a multiple of the group: the Hessian is padded. Small activations (diag ≪ 1, like
+    # o_proj's inputs) once let the padded unit diagonal dominate damp · mean(diag) (damping 60× too large).
+    torch.manual_seed(3)
+    w = torch.randn(24, 96)
+    H = hessian(correlated(512, 96) * 0.02)
+    res = gptq_quantize(w, H, spec, damp=0.01, static_groups=True, block_size=32)
+    ref = obs_reference(w, H, spec, 0.01)  # damps the real 96×96 block only
+    assert (res.codes[:, :96] != ref).float().mean() < 0.01
 
 
 @pytest.mark.parametrize("spec", [QuantSpec(4, 32, False), QuantSpec(4, 64, True), QuantSpec(4, -1, False), QuantSpec(8, -1, True)])

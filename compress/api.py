@@ -19,7 +19,8 @@ from compress.context import Context
 from compress.data import source_path
 from compress.errors import CompressError
 from compress.eval.perplexity import perplexity
-from compress.fsutil import check_out_dir
+from compress.formats.tied_embedding import tie_quantized_head
+from compress.fsutil import check_free_space, check_out_dir
 from compress.models import compute_dtype, load_model, pick_device, storage_dtype
 from compress.recipe import PerplexityConfig, Recipe, apply_overrides, load_recipe, recipe_from_dict
 from compress.registry import get_pass
@@ -54,7 +55,7 @@ def versions() -> dict[str, str]:
 
 def weight_bytes(model: nn.Module, dtype: torch.dtype) -> int:
     """Bytes the model's tensors take once stored (tied tensors once, floats in `dtype`)."""
-    return sum(t.numel() * t.element_size() for t in checkpoint.unique_state(model, dtype).values())
+    return checkpoint.state_bytes(model, dtype)
 
 
 def run(recipe: Recipe | str | Path | dict, model: str | nn.Module | None = None, *, tokenizer: Any = None,
@@ -103,22 +104,48 @@ def run(recipe: Recipe | str | Path | dict, model: str | nn.Module | None = None
         ctx.where = f"{r.source}: pass {step.name!r} (#{i + 1})"
         ctx.stats = {}
         t0 = time.perf_counter()
-        net = spec.fn(net, step.config, ctx) or net
+        try:
+            net = spec.fn(net, step.config, ctx) or net
+        except CompressError as e:
+            raise in_pass(e, ctx.where) from None
+        tie_quantized_head(net, ctx.where)
         bad = non_finite(net)
         if bad:
-            raise CompressError(f"{ctx.where}: produced {bad}; nothing was saved (lower a learning rate or "
-                                f"temperature, raise damp, or check the calibration data)")
+            raise CompressError(f"{ctx.where}: produced {bad}; nothing was saved ({nan_hint(step.name)})")
         report["passes"].append({"name": step.name, "seconds": round(time.perf_counter() - t0, 3), **ctx.stats})
         if progress:
             print(f"[{i + 1}/{len(r.steps)}] {step.name}: {report['passes'][-1]['seconds']:.1f}s", flush=True)
     checkpoint.round_to_storage(net, store)
     report["size"]["after_bytes"] = weight_bytes(net, store)
+    if out_path is not None:  # the size is known now: a full disk is found before the evaluation, not after
+        check_free_space(out_path, checkpoint.needed_bytes(net, store))
     if ppl_cfg is not None:
         report["perplexity_after"] = _ppl(net, tok, ppl_cfg, progress)
     report["seconds_total"] = round(time.perf_counter() - t_start, 3)
     if out_path is not None:
         checkpoint.save(net, tok, out_path, dtype=store, recipe_yaml=r.to_yaml(), report=report, force=force)
     return RunResult(net, tok, report, out_path)
+
+
+def in_pass(e: CompressError, where: str) -> CompressError:
+    """A pass's one-line error, prefixed with the recipe and pass when the pass did not say so itself."""
+    return e if str(e).startswith(where) else type(e)(f"{where}: {e}")
+
+
+NAN_HINTS = {  # what can cure NaN/inf that a pass made from finite weights (each pass's input is checked first)
+    "distill": "lower distill.lr or raise warmup_steps, keep max_grad_norm > 0, and check the training data; "
+               "damp plays no part in distill",
+    "gptq": "raise gptq.damp or give more calibration tokens (calibration.samples / seq_len)",
+    "sparsegpt": "raise sparsegpt.damp or give more calibration tokens (calibration.samples / seq_len)",
+    "awq": "check the calibration data: its activations set awq's scales",
+    "wanda": "check the calibration data: its activations rank wanda's weights",
+}
+
+
+def nan_hint(pass_name: str) -> str:
+    """The advice for NaN/inf made by `pass_name`, for that pass only (not a list of every pass's knobs)."""
+    return NAN_HINTS.get(pass_name, f"{pass_name} made them from finite weights, which it should not: check its "
+                                    f"options, or report the recipe as a bug")
 
 
 def non_finite(model: nn.Module) -> str | None:

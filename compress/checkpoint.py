@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from compress.errors import CompressError
 from compress.formats import FORMATS, PackedLinear
+from compress.formats.tied_embedding import QuantEmbedding, tied_names
 from compress.fsutil import atomic_dir
 from compress.select import set_module
 
@@ -33,6 +34,9 @@ def manifest_of(model: nn.Module, dtype: torch.dtype) -> dict[str, Any]:
     """What the loader needs beyond config.json: packed modules and their specs."""
     formats = {n: {"format": m.format, "spec": m.spec()} for n, m in model.named_modules() if isinstance(m, PackedLinear)}
     out = {"version": 1, "dtype": str(dtype).removeprefix("torch."), "formats": formats}
+    tied = tied_names(model)
+    if tied:  # embeddings that read a packed head (formats/tied_embedding.py)
+        out["tied_embeddings"] = tied
     if getattr(model, NONUNIFORM_ATTR, False):  # per-layer widths config.json cannot express
         out["shapes"] = {n: [m.out_features, m.in_features] for n, m in model.named_modules()
                          if isinstance(m, (nn.Linear, PackedLinear))}
@@ -66,6 +70,26 @@ def unique_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor
     return out
 
 
+def state_bytes(model: nn.Module, dtype: torch.dtype) -> int:
+    """Bytes `unique_state` would hold, counted without copying a tensor (tied tensors once, floats in `dtype`)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for t in model.state_dict().values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size())
+    return total
+
+
+SIDE_FILES_BYTES = 16 << 20  # config, tokenizer (a large vocabulary's tokenizer.json is ~10 MB), manifest, report
+
+
+def needed_bytes(model: nn.Module, dtype: torch.dtype) -> int:
+    """What a checkpoint of `model` will take on disk, a little over: weights plus the side files."""
+    return state_bytes(model, dtype) + SIDE_FILES_BYTES
+
+
 def round_to_storage(model: nn.Module, dtype: torch.dtype) -> None:
     """Round saved floating tensors to what the checkpoint will hold, so the evaluated model is the saved one.
 
@@ -95,12 +119,13 @@ def write_dir(model: nn.Module, tokenizer: Any, d: Path, dtype: torch.dtype) -> 
 
 def save(model: nn.Module, tokenizer: Any, out: str | Path, *, dtype: torch.dtype | None = None,
          recipe_yaml: str | None = None, report: dict | None = None, force: bool = False) -> Path:
-    """Save atomically: everything goes to a temporary sibling, renamed to `out` at the end."""
+    """Save atomically: everything goes to a temporary sibling, renamed to `out` at the end; refused before
+    writing when the disk has too little space, and a disk that fills up anyway leaves the old `out` as it was."""
     from compress.models import storage_dtype
 
     out = Path(out)
     dtype = dtype or storage_dtype(model)
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, needed_bytes(model, dtype)) as tmp:
         write_dir(model, tokenizer, tmp, dtype)
         if recipe_yaml is not None:
             (tmp / "recipe.yaml").write_text(recipe_yaml)
@@ -158,6 +183,9 @@ def _load(path: Path, device: torch.device | str | None, dtype: torch.dtype | No
         lin = model.get_submodule(name)
         cls = FORMATS[entry["format"]]
         set_module(model, name, cls.from_spec(lin.in_features, lin.out_features, lin.bias is not None, dtype, entry["spec"]))
+    for emb_name, head_name in manifest.get("tied_embeddings", {}).items():
+        emb = model.get_submodule(emb_name)
+        set_module(model, emb_name, QuantEmbedding(model.get_submodule(head_name), getattr(emb, "padding_idx", None)))
     state = load_file(str(path / WEIGHTS))
     own = model.state_dict()
     state = {k: (v.to(own[k].dtype) if v.is_floating_point() and k in own else v) for k, v in state.items()}
@@ -166,7 +194,7 @@ def _load(path: Path, device: torch.device | str | None, dtype: torch.dtype | No
     missing = [k for k in missing if k not in tied and not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
         raise CompressError(f"{path}: checkpoint does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    if config.tie_word_embeddings:
+    if config.tie_word_embeddings and not manifest.get("tied_embeddings"):
         model.tie_weights()
     model = model.to(device).eval()
     setattr(model, STORAGE_ATTR, config_dtype(path))

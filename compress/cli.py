@@ -1,4 +1,8 @@
-"""Thin typer front end: parse, call the core, print. User mistakes exit 2 with one line on stderr."""
+"""Thin typer front end: parse, call the core, print. Every failure is one `error: …` line on stderr.
+
+Exit codes: 0 success; 1 an environment fault (disk full, I/O error) or a regression found by `regress`;
+2 a mistake in the input (recipe, option, path, damaged file), typer's usage errors included.
+"""
 from __future__ import annotations
 
 import functools
@@ -7,26 +11,85 @@ import math
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 import typer
+from typer.core import TyperGroup
 
-from compress.errors import CompressError
+from compress.errors import CompressError, os_fault
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Compress a language model with a recipe of passes (quantize, prune, distill), and prove it.")
+EXIT_CODES = ("Exit codes: 0 success; 1 an environment fault (disk full, I/O error) or a regression found by "
+              "`regress`; 2 a mistake in the input. Errors are one `error: ...` line on stderr.")
+
+
+def one_line(msg: str) -> str:
+    """Join a message's lines: whatever raised it, the user sees exactly one line."""
+    return " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+
+
+def fail(msg: str, code: int) -> NoReturn:
+    typer.echo(f"error: {one_line(msg)}", err=True)
+    raise typer.Exit(code)
+
+
+def _click_errors() -> tuple[type[Exception], type[Exception] | None]:
+    """(ClickException, NoArgsIsHelpError) from the click typer runs on (vendored since typer 0.2x)."""
+    try:
+        from typer._click import exceptions as ex
+    except ImportError:  # older typer: the click package
+        from click import exceptions as ex  # type: ignore[no-redef]
+    return ex.ClickException, getattr(ex, "NoArgsIsHelpError", None)
+
+
+def usage_line(e: Exception) -> str:
+    """A click usage error (missing argument, unknown option, bad int) as one line naming the command."""
+    ctx = getattr(e, "ctx", None)
+    cmd = ctx.command_path if ctx is not None else "compress"
+    return f"error: {cmd}: {one_line(e.format_message())} (see `{cmd} --help`)"  # type: ignore[attr-defined]
+
+
+class OneLineErrors(TyperGroup):
+    """typer's group with usage errors as one `error:` line and their exit code (2), not a multi-line box."""
+
+    def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None,
+             complete_var: Optional[str] = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        click_error, help_error = _click_errors()
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_error as e:
+            if help_error is not None and isinstance(e, help_error):
+                e.show()  # `compress` alone: the help, as before
+            else:
+                typer.echo(usage_line(e), err=True)
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(name="compress", cls=OneLineErrors, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
+                  help="Compress a language model with a recipe of passes (quantize, prune, distill), and prove it.",
+                  epilog=EXIT_CODES)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn CompressError into `error: …` on stderr and exit code 2."""
+    """CompressError → one line, its exit code (2 a user mistake, 1 an environment fault); an OSError the
+    core did not name (a disk that failed, a file that vanished) → one line, exit 1, not a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except CompressError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            fail(str(e), e.exit_code)
+        except BrokenPipeError:
+            raise  # `compress passes | head`: typer exits quietly
+        except OSError as e:
+            fail(f"{os_fault(e)} (the environment failed, not the command)", 1)
 
     return wrapper
 

@@ -98,6 +98,7 @@ def run_layerwise(model: nn.Module, ids: torch.Tensor, algo: LayerAlgorithm, dev
     inputs, kwargs = capture_inputs(model, ids, device, batch_size)
     kwargs = {k: _to(v, device) for k, v in kwargs.items()}
     for i, layer in enumerate(tqdm(layers, desc=desc, disable=not progress, leave=False)):
+        require_finite_inputs(model, i, inputs)
         home = next(layer.parameters()).device
         layer.to(device)
         algo.prepare(i, layer)
@@ -106,6 +107,18 @@ def run_layerwise(model: nn.Module, ids: torch.Tensor, algo: LayerAlgorithm, dev
         algo.finish(i, layer)
         inputs = [_hidden(layer(h.to(device), **kwargs)).to(h.device) for h in inputs]
         layer.to(home)
+
+
+def require_finite_inputs(model: nn.Module, index: int, inputs: list[torch.Tensor]) -> None:
+    """Refuse NaN/inf calibration activations by the layer they enter, before any statistic is built from
+    them: no option of a pass (damp included) can repair them, and a NaN Hessian or norm poisons every weight."""
+    bad = sum(int((~torch.isfinite(h)).sum()) for h in inputs)
+    if bad:
+        name = next((n for n, m in model.named_modules() if m is decoder_layers(model)[index]), f"layer {index}")
+        source = "the embeddings" if index == 0 else f"decoder layer {index - 1}"
+        raise CompressError(f"module {name}: its calibration input (the output of {source}) holds {bad} NaN/inf "
+                            f"value(s); no option of the pass can fix that (damp included): check the calibration "
+                            f"data and the weights before this layer")
 
 
 def _to(v: Any, device: torch.device) -> Any:

@@ -41,6 +41,9 @@ def pick_device(spec: str | torch.device | None) -> torch.device:
         raise CompressError(f"--device {spec!r}: allowed: cpu, cuda, cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CompressError(f"--device {spec!r}: no CUDA device on this machine; use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CompressError(f"--device {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                            f"use cuda:0..cuda:{torch.cuda.device_count() - 1} or cpu")
     return dev
 
 

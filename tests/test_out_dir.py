@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from compress.cli import app
+from compress.errors import EnvironmentFault
 from compress.fsutil import atomic_dir
 
 runner = CliRunner()
@@ -63,7 +64,7 @@ def test_force_replaces_a_checkpoint_and_keeps_it_when_the_write_fails(ws, tiny_
     assert runner.invoke(app, [*args, "--force"]).exit_code == 0  # a checkpoint of ours: replaced
     assert not (ws / "ck" / "mark").exists()
     first = tree_hash(ws / "ck")
-    with pytest.raises(OSError):
+    with pytest.raises(EnvironmentFault, match=r"ENOSPC.*the previous one there is unchanged"):  # one line, exit 1
         with atomic_dir(ws / "ck", force=True) as tmp:
             (tmp / "model.safetensors").write_bytes(b"partial")
             raise OSError(28, "No space left on device")  # a full disk mid-write
@@ -141,3 +142,27 @@ def test_an_unwritable_parent_is_refused_before_any_work(ws, tiny_dir, monkeypat
     res = runner.invoke(app, ["run", "r.yaml", "--model", str(tiny_dir), "--out", "ro/ck", "--device", "cpu", "-q"])
     assert res.exit_code == 2 and "is not writable" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not list(ro.iterdir())
+
+
+def test_a_checkpoint_moved_aside_by_a_killed_replace_is_put_back(ws, capsys):
+    """kill -9 between renaming the old checkpoint aside and moving the new one in: the next run restores it."""
+    old = ws / f".ck.old-{2**22 + 12345}"  # a pid beyond pid_max: that process is gone
+    old.mkdir()
+    (old / "compress.json").write_text('{"previous": 1}')
+    with pytest.raises(Exception, match="output directory exists; pass --force"):
+        with atomic_dir(ws / "ck") as tmp:  # no --force: the restored checkpoint is not replaced
+            (tmp / "compress.json").write_text('{"new": 1}')
+    assert (ws / "ck" / "compress.json").read_text() == '{"previous": 1}' and not list(ws.glob(".ck.*"))
+    assert "restoring" in capsys.readouterr().err
+
+
+def test_a_stale_moved_aside_copy_is_removed_when_the_checkpoint_is_there(ws, capsys):
+    old = ws / f".ck.old-{2**22 + 12345}"
+    old.mkdir()
+    (old / "compress.json").write_text('{"older": 1}')
+    (ws / "ck").mkdir()
+    (ws / "ck" / "compress.json").write_text('{"current": 1}')
+    with atomic_dir(ws / "ck", force=True) as tmp:
+        (tmp / "compress.json").write_text('{"new": 1}')
+    assert (ws / "ck" / "compress.json").read_text() == '{"new": 1}' and not list(ws.glob(".ck.*"))
+    assert "removing" in capsys.readouterr().err

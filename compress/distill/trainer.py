@@ -144,23 +144,81 @@ def save_state(path: Path, step: int, rows: list, s: TrainSettings, student: nn.
 
 
 def load_state(path: Path, s: TrainSettings, student: nn.Module, opt: Any, sched: Any) -> tuple[int, list]:
-    """Restore weights, optimizer and schedule from `path`; (0, []) when there is nothing to resume."""
+    """Restore weights, optimizer and schedule from `path`; (0, []) when there is nothing to resume.
+
+    A state file that cannot be resumed (truncated, another run's, not a plain tensor file) is one line
+    naming it and what to do, never a traceback from torch or pickle."""
     f = path / STATE_FILE
     if not f.is_file():
         return 0, []
-    state = torch.load(f, map_location="cpu", weights_only=True)
+    state = _read_state(f, s.where)
     if state["fingerprint"] != json.dumps(s.fingerprint(), sort_keys=True):
-        raise CompressError(f"{s.where}: state_dir {str(path)!r} holds a run with other settings "
-                            f"({state['fingerprint']}); resume with the same options or use another state_dir")
+        raise _unusable(f, s.where, f"holds a run with other settings ({_changed(state['fingerprint'], s)}); resume "
+                                    f"with the same options, or")
     params = _trainable(student)
-    if set(params) != set(state["trainable"]):
-        raise CompressError(f"{s.where}: state_dir {str(path)!r} was saved for other trained modules; use another state_dir")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(state["trainable"][n])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    return int(state["step"]), list(state["rows"])
+    _check_shapes(f, s.where, params, state["trainable"])
+    try:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(state["trainable"][n])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        return int(state["step"]), list(state["rows"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise _unusable(f, s.where, f"does not fit this model's optimizer state ({_first_line(e)}); it is from "
+                                    f"another run, so") from None
+
+
+STATE_KEYS = ("step", "rows", "fingerprint", "trainable", "optimizer", "scheduler")
+
+
+def _read_state(f: Path, where: str) -> dict[str, Any]:
+    """torch.load with weights_only (a state file never runs code), every failure as one line."""
+    import pickle
+    import zipfile
+
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise _unusable(f, where, "was refused by torch.load(weights_only=True): it holds objects other than "
+                                  "tensors and plain data (it was not written by compress, and is not loaded);") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        raise _unusable(f, where, f"is truncated or damaged ({_first_line(e).split('. ')[0]});") from None
+    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+        raise _unusable(f, where, "is not a distill resume state (it lacks step/fingerprint/trainable);")
+    return state
+
+
+def _check_shapes(f: Path, where: str, params: dict[str, nn.Parameter], saved: Any) -> None:
+    """The saved weights must be those of the modules trained now, shape for shape."""
+    if not isinstance(saved, dict) or set(params) != set(saved):
+        raise _unusable(f, where, "was saved for other trained modules (another model or other targets);")
+    for n, p in params.items():
+        if not isinstance(saved[n], torch.Tensor) or tuple(saved[n].shape) != tuple(p.shape):
+            got = tuple(saved[n].shape) if isinstance(saved[n], torch.Tensor) else type(saved[n]).__name__
+            raise _unusable(f, where, f"was saved for another model ({n} is {got} there, {tuple(p.shape)} here);")
+
+
+def _unusable(f: Path, where: str, problem: str) -> CompressError:
+    return CompressError(f"{where}: resume state {f} {problem} delete it (or the whole state_dir) to start afresh, "
+                         f"or set another state_dir")
+
+
+def _changed(saved: Any, s: TrainSettings) -> str:
+    """'lr 0.0001 there, 0.001 here' for each setting that differs (all of the saved ones if unreadable)."""
+    try:
+        old = json.loads(saved)
+    except (TypeError, ValueError):
+        old = None
+    if not isinstance(old, dict):
+        return f"saved: {str(saved)[:120]}"
+    now = json.loads(json.dumps(s.fingerprint()))
+    diffs = [f"{k} {old.get(k)!r} there, {now.get(k)!r} here" for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k)]
+    return "; ".join(diffs) or "saved by another version"
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 def train(student: DistillStudent, teacher: nn.Module, train_windows: torch.Tensor, eval_windows: torch.Tensor,

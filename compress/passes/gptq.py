@@ -12,6 +12,7 @@ from compress.algorithms.rtn import rtn_quantize
 from compress.context import Context
 from compress.formats.base import PackedLinear, refuse_packed
 from compress.layerwise import decoder_layers, run_layerwise, watch_inputs
+from compress.passes._hessian import module_named, require_finite
 from compress.passes.rtn import GridConfig, quantize_linear
 from compress.registry import option, register_pass
 from compress.select import select_modules, set_module
@@ -29,8 +30,8 @@ class GPTQConfig(GridConfig):
 class GPTQLayers:
     """The layer algorithm for `run_layerwise`: Hessians while the layer runs, GPTQ when it is done."""
 
-    def __init__(self, model: nn.Module, chosen: dict[str, nn.Linear], cfg: GPTQConfig) -> None:
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: nn.Module, chosen: dict[str, nn.Linear], cfg: GPTQConfig, where: str = "gptq") -> None:
+        self.model, self.cfg, self.where = model, cfg, where
         names = {id(m): n for n, m in model.named_modules()}
         self.per_layer: list[dict[str, nn.Linear]] = []
         for layer in decoder_layers(model):
@@ -70,8 +71,11 @@ class GPTQLayers:
             # Modules sharing a Hessian are one GPTQ problem with their rows stacked (rows are independent).
             lins = [self.per_layer[index][n] for n in names]
             w = torch.cat([lin.weight for lin in lins])
-            res = gptq_quantize(w, self.hessians[names[0]].H, spec, damp=cfg.damp, act_order=cfg.act_order,
-                                static_groups=cfg.static_groups, block_size=cfg.block_size, clip_search=cfg.clip_search)
+            H = self.hessians[names[0]].H
+            require_finite(H, names, self.where)
+            with module_named(names, self.where):
+                res = gptq_quantize(w, H, spec, damp=cfg.damp, act_order=cfg.act_order, static_groups=cfg.static_groups,
+                                    block_size=cfg.block_size, clip_search=cfg.clip_search)
             row = 0
             for name, lin in zip(names, lins):
                 rows = slice(row, row + lin.out_features)
@@ -87,7 +91,7 @@ def gptq(model: nn.Module, cfg: GPTQConfig, ctx: Context) -> nn.Module:
     chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where)
     refuse_packed(chosen, ctx.where, (PackedLinear,), "gptq would fill pruned zeros or re-quantize; "
                   "run it before other passes, use sparsegpt with `bits` to prune and quantize, or rtn after pruning")
-    algo = GPTQLayers(model, chosen, cfg)
+    algo = GPTQLayers(model, chosen, cfg, ctx.where)
     in_layers = {n for per in algo.per_layer for n in per}
     ids = ctx.calibration()
     run_layerwise(model, ids, algo, ctx.device, progress=ctx.progress, desc="gptq")

@@ -11,6 +11,7 @@ from compress.algorithms.hessian import Hessian
 from compress.algorithms.sparsegpt import sparsegpt_prune
 from compress.context import Context
 from compress.layerwise import run_layerwise
+from compress.passes._hessian import module_named, require_finite
 from compress.passes._owl import AllocatedPruneConfig, prepare_sweep
 from compress.passes._pruning import LayerStats, apply_mask, record
 from compress.passes.rtn import quantize_linear
@@ -45,7 +46,9 @@ def sparsegpt(model: nn.Module, cfg: SparseGPTConfig, ctx: Context) -> nn.Module
 
     def prune(i: int, mods: dict[str, nn.Module], stats: dict[str, Any]) -> None:
         for name, lin in mods.items():
-            res = sparsegpt_prune(lin.weight, stats[name].H, sparsity[i], cfg.nm, cfg.blocksize, cfg.damp, spec)
+            require_finite(stats[name].H, [name], ctx.where)
+            with module_named([name], ctx.where):
+                res = sparsegpt_prune(lin.weight, stats[name].H, sparsity[i], cfg.nm, cfg.blocksize, cfg.damp, spec)
             if spec is None:
                 tally[0] += apply_mask(model, name, lin, res.weight, res.mask, cfg)
             else:

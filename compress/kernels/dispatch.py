@@ -58,6 +58,7 @@ def int8pack_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
     return y.to(x2d.dtype)
 
 
+DEQUANT_SHAPES = 64  # one compiled loop per (shape, layout, dtype): a bench holds several models' shapes at once
 _COMPILED_DEQUANT: list = []  # [compiled fn] once built, [None] once it failed (then eager, said once)
 
 
@@ -73,7 +74,8 @@ def _dequant_cpu(mod: "QuantLinear", dtype: torch.dtype) -> torch.Tensor:
     if not _COMPILED_DEQUANT:
         _COMPILED_DEQUANT.append(torch.compile(dequant_weight, dynamic=False))
     try:
-        return _COMPILED_DEQUANT[0](*args)
+        with torch._dynamo.config.patch(recompile_limit=DEQUANT_SHAPES):
+            return _COMPILED_DEQUANT[0](*args)
     except Exception as e:  # no C++ compiler, an Inductor bug: the eager function is always right
         warnings.warn(f"compiled dequantize failed ({type(e).__name__}); prefill dequantizes eagerly", RuntimeWarning)
         _COMPILED_DEQUANT[:] = [None]

@@ -20,6 +20,8 @@ FORMATS = {
     "dense": [],
     "int8": [{"rtn": {"bits": 8}}],
     "int4-g64": [{"rtn": {"bits": 4, "group_size": 64, "symmetric": False}}],
+    "int4-g64+int8-tied-head": [{"rtn": {"bits": 4, "group_size": 64, "symmetric": False}},
+                                {"rtn": {"bits": 8, "targets": ["lm_head"], "ignore": []}}],
     "int4-g128": [{"rtn": {"bits": 4, "group_size": 128, "symmetric": True}}],
     "int4-per-channel": [{"rtn": {"bits": 4, "group_size": -1, "symmetric": False}}],
     "sparse-2:4": [{"magnitude": {"pattern": "2:4"}}],

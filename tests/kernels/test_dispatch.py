@@ -2,6 +2,8 @@
 and which kernel dispatch picks for each case."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -72,12 +74,17 @@ def test_batched_input_and_bias():
 
 @pytest.mark.parametrize("spec", [QuantSpec(4, 64, False), QuantSpec(4, -1, True), QuantSpec(8, -1, True), QuantSpec(8, 32, False)], ids=str)
 def test_compiled_and_eager_dequantize_agree(spec, monkeypatch):
-    """The prefill path's compiled dequantize is the eager function, value for value."""
+    """The prefill path's compiled dequantize is the eager function, value for value, in a bf16 model (how CPU
+    packed models load). With fp32 scales Inductor skips eager's intermediate bf16 rounding of the scale: one
+    bf16 step apart at most."""
     case = build(spec, 80, 576)
     x = torch.randn(100, 576, dtype=torch.bfloat16)
-    compiled = quant_linear(x, case.mod, "dequant")
+    fp32_scales = quant_linear(x, case.mod, "dequant")
+    mod16 = copy.deepcopy(case.mod).to(torch.bfloat16)
+    compiled = quant_linear(x, mod16, "dequant")
     monkeypatch.setattr(dispatch, "COMPILE_DEQUANT", False)
-    assert torch.equal(quant_linear(x, case.mod, "dequant"), compiled)
+    assert torch.equal(quant_linear(x, mod16, "dequant"), compiled)
+    check(fp32_scales, x, case)
 
 
 def test_dequantize_falls_back_to_eager_when_compiling_fails(monkeypatch):
@@ -95,3 +102,18 @@ def test_dequantize_falls_back_to_eager_when_compiling_fails(monkeypatch):
         check(quant_linear(x, case.mod, "dequant"), x, case, eps=1e-6)
     assert dispatch._COMPILED_DEQUANT == [None]
     check(quant_linear(x, case.mod, "dequant"), x, case, eps=1e-6)  # eager from now on, silently
+
+
+def test_compiled_dequantize_serves_more_shapes_than_dynamos_default_limit(monkeypatch):
+    """A bench holds several models at once (≥ 11 weight shapes for SmolLM2 int4 + int8): every shape
+    must get its compiled loop, not fall back to eager after dynamo's default 8 recompiles."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(dispatch, "_COMPILED_DEQUANT", [])
+    torch._dynamo.utils.counters.clear()
+    for n in range(16, 16 * 13, 16):  # 12 shapes
+        case = build(QuantSpec(8, 32, False), n, 64, bias=False)
+        x = torch.randn(80, 64)
+        check(quant_linear(x, case.mod, "dequant"), x, case, eps=1e-6)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 12, dict(torch._dynamo.utils.counters["stats"])

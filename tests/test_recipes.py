@@ -11,6 +11,7 @@ import compress
 from compress.demo import recipe_path
 from compress.errors import CompressError
 from compress.formats.quant_linear import QuantLinear
+from compress.formats.tied_embedding import QuantEmbedding
 from compress.recipe import load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
@@ -37,7 +38,9 @@ def test_demo_recipe_packs_every_decoder_linear(tiny_dir, text_file, tokenizer):
             f"evaluate.perplexity.source={text_file}", "evaluate.perplexity.seq_len=64", "evaluate.perplexity.max_windows=1"]
     res = compress.run(recipe_path("demo"), str(tiny_dir), overrides=sets, device="cpu", progress=False)
     linears = [n for n, m in res.model.named_modules() if ".layers." in n and isinstance(m, QuantLinear)]
-    assert len(linears) == 2 * 7 and all(m.qspec.bits == 4 for m in res.model.modules() if isinstance(m, QuantLinear))
+    assert len(linears) == 2 * 7 and all(res.model.get_submodule(n).qspec.bits == 4 for n in linears)
+    assert isinstance(res.model.lm_head, QuantLinear) and res.model.lm_head.qspec.bits == 8  # the tied head, once
+    assert isinstance(res.model.get_input_embeddings(), QuantEmbedding)
     # the logits stay near the original model's (measured 0.06); with every packed weight zeroed they are 0.49 off,
     # so this fails for a broken recipe where a perplexity ratio on a random model did not (314.0 → 314.5)
     base = AutoModelForCausalLM.from_pretrained(str(tiny_dir)).eval()

@@ -124,11 +124,20 @@ def eval_(
     max_windows: Optional[int] = typer.Option(None, min=1, help="Score only the first N windows (quick runs)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     device: Optional[str] = typer.Option(None, help="cuda or cpu."),
+    metric: Optional[str] = typer.Option(None, help="Run this `evaluate` metric instead (offline): perplexity_protocol (ours, through evaluate) or a local metric folder/.py whose compute takes predictions (the text as one row), model, seq_len, max_windows, device, progress. Default: ours, directly."),
 ) -> None:
     """Perplexity with the standard protocol (whole text tokenized once, non-overlapping windows)."""
     from compress.api import evaluate
 
-    res = evaluate(model, data=data, seq_len=seq_len, max_windows=max_windows, device=device, progress=not as_json)
+    if metric is not None:
+        from compress.eval.metrics import run_metric
+
+        res = {**run_metric(metric, model, data, seq_len, max_windows, device, progress=not as_json), "source": data, "metric": metric}
+    else:
+        res = evaluate(model, data=data, seq_len=seq_len, max_windows=max_windows, device=device, progress=not as_json)
+    if not {"perplexity", "windows", "tokens"} <= set(res):  # another metric's result: shown as it is
+        typer.echo(json.dumps(res, default=str))
+        return
     finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in res.items()}  # JSON has no NaN
     typer.echo(json.dumps(finite, allow_nan=False) if as_json else f"perplexity {res['perplexity']:.4f} ({res['windows']} windows of {seq_len}, {res['tokens']} tokens)")
 
@@ -210,7 +219,7 @@ def demo(
 @app.command()
 @user_errors
 def bench(
-    models: list[str] = typer.Argument(..., help="Models, checkpoints, recipes (.yaml, run on the first model) or random:SHAPE; the first is the base. ENTRY@fp32|bf16|fp16 measures it in that dtype (e.g. smollm2@bf16 smollm2@fp32)."),
+    models: list[str] = typer.Argument(..., help="Models, checkpoints, recipes (.yaml, run on the first model), random:SHAPE, or bnb:nf4|fp4|int8[:MODEL] (MODEL, default the first entry's model, loaded through transformers' BitsAndBytesConfig, bf16 compute; skipped with the reason where bitsandbytes cannot run here); the first is the base. ENTRY@fp32|bf16|fp16 measures it in that dtype (e.g. smollm2@bf16 smollm2@fp32)."),
     data: str = typer.Option("wikitext2-test", help="Perplexity text (as `compress eval --data`)."),
     seq_len: int = typer.Option(2048, min=8, help="Perplexity window length."),
     max_windows: Optional[int] = typer.Option(None, min=1, help="Score only the first N perplexity windows."),
@@ -244,7 +253,10 @@ def bench(
                              interleave=interleave, threads=threads)
     output_files(("--json", json_out), ("--plot", plot), ("--save-baseline", save_baseline))
     report = benchmark(models, settings, device, progress=not quiet)
-    typer.echo(bench_table(report))
+    skipped = [r for r in report["results"] if r.get("skipped")]
+    typer.echo(bench_table({**report, "results": [r for r in report["results"] if not r.get("skipped")]}))
+    for r in skipped:
+        typer.echo(f"skipped {r['name']}: {r['skipped']}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=1))

@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from compress.errors import CompressError
 from compress.eval import speed
-from compress.eval.entries import check_entries, iter_entries
+from compress.eval.bnb import footprint
+from compress.eval.entries import Skipped, check_entries, iter_entries
 from compress.eval.fast_decode import MODES, resolve_mode
 
 SCHEMA_VERSION = 1
@@ -122,9 +123,25 @@ def measure(model: nn.Module, tokenizer: Any, s: BenchSettings, progress: bool =
         row["decode_mode"] = r.pop("mode")
         row["decode_tokens_per_s"][str(b)] = r
     row["peak_memory_bytes"] = speed.peak_memory(dev) if timings else None
-    row["memory_bytes"] = speed.memory_bytes(model)
-    row["weight_bytes_by_format"] = speed.bytes_by_format(model)
+    side, bnb_formats = footprint(model)  # bitsandbytes keeps its scales outside parameters and buffers
+    row["memory_bytes"] = speed.memory_bytes(model) + side
+    row["weight_bytes_by_format"] = ({**bnb_formats, "dense": row["memory_bytes"] - sum(bnb_formats.values())}
+                                     if bnb_formats else speed.bytes_by_format(model))
+    fallback_note(row, s)
     return row
+
+
+def fallback_note(row: dict[str, Any], s: BenchSettings) -> None:
+    """Say so in the row when `auto` could not compile the decode step and timed it eagerly (a bnb layer, say)."""
+    if s.decode_mode == "auto" and row.get("decode_mode") == "eager":
+        row["note"] = "compiled decode failed (see the warning); decode timed eagerly"
+
+
+def skipped_row(spec: str, reason: str) -> dict[str, Any]:
+    """A row for an entry that cannot run here: its reason, and no metrics (ratios and the gate ignore it)."""
+    return {"name": spec, "kind": "bnb" if spec.startswith("bnb:") else "model", "skipped": reason, "random_weights": False,
+            "dtype": None, "size_bytes": None, "perplexity": None, "perplexity_windows": None, "prefill_ms": {},
+            "decode_tokens_per_s": {}, "peak_memory_bytes": None, "memory_bytes": None, "weight_bytes_by_format": {}}
 
 
 def flat_metrics(row: dict[str, Any]) -> dict[str, float | None]:
@@ -168,7 +185,7 @@ def benchmark(entries: list[str], settings: BenchSettings | None = None, device:
         torch.set_num_threads(s.threads)
     try:
         rows = _measure_all(list(entries), s, dev, progress)
-        env = {**environment(dev, s), "dtype": ", ".join(sorted({r["dtype"] for r in rows})),  # each row says its own
+        env = {**environment(dev, s), "dtype": ", ".join(sorted({r["dtype"] for r in rows if r["dtype"]})),  # each row says its own
                "decode_mode": ", ".join(sorted({r["decode_mode"] for r in rows if r.get("decode_mode")})) or s.decode_mode}
     finally:
         torch.set_num_threads(threads)
@@ -180,15 +197,21 @@ def _measure_all(entries: list[str], s: BenchSettings, dev: torch.device, progre
     """One row per entry, each model loaded in turn and released before the next (or all kept, to interleave)."""
     from compress.eval.interleave import timed_rounds
 
-    rows, kept = [], []
+    rows, kept, timed_rows = [], [], []
     for spec, loaded in iter_entries(entries, dev, progress):
+        if isinstance(loaded, Skipped):
+            print(f"bench: skipping {spec}: {loaded.reason}", file=sys.stderr, flush=True)  # even with --quiet
+            rows.append(skipped_row(spec, loaded.reason))
+            continue
         if progress:
             print(f"bench: measuring {spec} …", file=sys.stderr, flush=True)
-        row = {"name": spec, "kind": loaded.kind, "random_weights": loaded.random_weights, "size_bytes": loaded.size_bytes}
+        row = {"name": spec, "kind": loaded.kind, "random_weights": loaded.random_weights, "size_bytes": loaded.size_bytes,
+               **loaded.info}
         row.update(measure(loaded.model, loaded.tokenizer, s, progress, timings=not s.interleave))
         rows.append(row)
         if s.interleave:
             kept.append(loaded.model)
+            timed_rows.append(row)
         del loaded
         if not s.interleave:
             torch._dynamo.reset()  # compiled steps hold the previous model alive
@@ -197,8 +220,9 @@ def _measure_all(entries: list[str], s: BenchSettings, dev: torch.device, progre
             print(f"bench: timing {len(kept)} models interleaved, {s.repeats} rounds …", file=sys.stderr, flush=True)
         with torch._dynamo.config.patch(cache_size_limit=max(8, 2 * len(kept) * len(s.batches))):  # one step per model
             timed = timed_rounds(kept, s.prefill, s.batches, s.prompt_len, s.new_tokens, s.warmup, s.repeats, s.decode_mode)
-        for row, t in zip(rows, timed):
+        for row, t in zip(timed_rows, timed):
             row.update(t, peak_memory_bytes=None)  # every model is resident: no per-model peak
+            fallback_note(row, s)
     return rows
 
 

@@ -1,4 +1,5 @@
-"""What `compress bench` can measure: a model/checkpoint, a recipe applied to the base, or a random-weight shape.
+"""What `compress bench` can measure: a model/checkpoint, a recipe applied to the base, a random-weight shape,
+or the base through bitsandbytes (`bnb:nf4`, `compress.eval.bnb`).
 
 Each entry is loaded only when its turn comes and dropped after, so one process can bench many.
 """
@@ -6,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import CompressError
+from compress.eval import bnb
 
 RANDOM_PREFIX = "random:"
 # ENTRY@DTYPE measures an entry in that compute dtype (e.g. the base as smollm2@bf16 beside smollm2@fp32)
@@ -35,9 +37,17 @@ class Loaded:
 
     model: nn.Module
     tokenizer: Any
-    kind: str  # "model", "recipe" or "random"
+    kind: str  # "model", "recipe", "random" or "bnb"
     size_bytes: int | None  # weights on disk; None when the model never was on disk
     random_weights: bool = False  # a random: shape, or a recipe applied to one (speed only)
+    info: dict[str, Any] = field(default_factory=dict)  # extra row fields (a bnb row: its version and quant type)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry that cannot run on this machine (bitsandbytes missing, no backend): a row with the reason, not a crash."""
+
+    reason: str
 
 
 def split_dtype(spec: str) -> tuple[str, torch.dtype | None]:
@@ -60,8 +70,14 @@ def check_entries(entries: list[str]) -> None:
         raise CompressError("bench: give at least one model (the first one is the base)")
     if is_recipe(entries[0]):
         raise CompressError(f"bench: the first entry is the base and must be a model, not the recipe {entries[0]!r}")
+    if bnb.is_bnb(entries[0]):
+        raise CompressError(f"bench: the first entry is the base every ratio refers to and must be a model, not "
+                            f"{entries[0]!r}; put the model first and the bnb entry after it")
     for e in entries:
         e = split_dtype(e)[0]
+        if bnb.is_bnb(e):
+            bnb.check(e, split_dtype(entries[0])[0])
+            continue
         if e.startswith(RANDOM_PREFIX) and e[len(RANDOM_PREFIX):] not in RANDOM_SHAPES:
             raise CompressError(f"bench: unknown random shape {e!r}; allowed: {', '.join(RANDOM_PREFIX + k for k in RANDOM_SHAPES)}")
         if is_recipe(e):
@@ -120,6 +136,9 @@ def load_entry(spec: str, base: str, device: torch.device, progress: bool = Fals
     from compress.models import compute_dtype, load_model
 
     spec, dtype = split_dtype(spec)
+    if bnb.is_bnb(spec):
+        model, tok, info = bnb.load(spec, split_dtype(base)[0], device, dtype)
+        return Loaded(model, tok, "bnb", None, info=info)  # quantized while loading: never on disk
     if spec.startswith(RANDOM_PREFIX):
         return Loaded(random_model(spec[len(RANDOM_PREFIX):], device, dtype or compute_dtype(device)), None, "random", None, True)
     if is_recipe(spec):
@@ -134,12 +153,15 @@ def load_entry(spec: str, base: str, device: torch.device, progress: bool = Fals
     return Loaded(model, tok, "model", size)
 
 
-def iter_entries(entries: list[str], device: torch.device, progress: bool = False) -> Iterator[tuple[str, Loaded]]:
-    """Each entry loaded in turn; the previous one is released before the next loads."""
+def iter_entries(entries: list[str], device: torch.device, progress: bool = False) -> Iterator[tuple[str, Loaded | Skipped]]:
+    """Each entry loaded in turn (or Skipped, with why); the previous one is released before the next loads."""
     import gc
 
     for spec in entries:  # benchmark() has run check_entries
-        loaded = load_entry(spec, entries[0], device, progress)
+        try:
+            loaded: Loaded | Skipped = load_entry(spec, entries[0], device, progress)
+        except bnb.Unavailable as e:
+            loaded = Skipped(str(e))
         yield spec, loaded
         del loaded
         gc.collect()

@@ -5,6 +5,7 @@ visible; on CUDA every timed region ends with a synchronize.
 """
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from pathlib import Path
@@ -53,9 +54,11 @@ def prompt_ids(model: nn.Module, batch: int, length: int, seed: int = 0) -> torc
 
 @torch.no_grad()
 def prefill_ms(model: nn.Module, length: int, warmup: int, repeats: int) -> dict[str, float]:
-    """Batch-1 forward over a prompt of `length` tokens, ms (min/median/max)."""
+    """Batch-1 forward over a prompt of `length` tokens up to the first token's logits, ms (min/median/max):
+    time to first token, computed as `generate` does (only the last position goes through lm_head)."""
     ids = prompt_ids(model, 1, length)
-    secs = time_runs(lambda: model(input_ids=ids, use_cache=False), model_device(model), warmup, repeats)
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    secs = time_runs(lambda: model(input_ids=ids, use_cache=False, **last), model_device(model), warmup, repeats)
     return spread([s * 1000 for s in secs])
 
 

@@ -28,7 +28,7 @@ def model_card(src: Path, exporter: Any, modules: dict[str, str], written: Path,
              f"- base model: `{rep.get('model', 'unknown')}`",
              f"- perplexity: {f'{before:.3f}' if before else '—'} before, {f'{after:.3f}' if after else '—'} after"
              + (f" ({(after / before - 1) * 100:+.2f}%)" if before and after else "")
-             + (f", {rep['perplexity_after'].get('windows')} windows" if after else ""),
+             + (f" ({rep['perplexity_after'].get('windows')} windows of the test text)" if after else ""),
              f"- size: {human_bytes(size)} on disk",
              "- modules: " + ", ".join(f"{n} × {t}" for t, n in sorted(Counter(modules.values()).items())), "",
              "## Load / serve", "", "```", exporter.load_hint.format(out=name), "```"]

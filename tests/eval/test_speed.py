@@ -70,3 +70,12 @@ def test_peak_memory_cuda_sees_an_allocation():
     x = torch.empty(64 << 20, dtype=torch.uint8, device=dev)
     assert speed.peak_memory(dev) >= 64 << 20
     del x
+
+
+def test_prefill_is_timed_to_the_first_tokens_logits(tiny_model, monkeypatch):
+    """Time to first token, as `generate` computes it: only the last position goes through lm_head."""
+    seen: list[tuple[int, ...]] = []
+    head = tiny_model.lm_head
+    monkeypatch.setattr(head, "forward", lambda x: (seen.append(tuple(x.shape)), torch.nn.Linear.forward(head, x))[1])
+    speed.prefill_ms(tiny_model, 24, warmup=0, repeats=2)
+    assert seen == [(1, 1, tiny_model.config.hidden_size)] * 2

@@ -27,19 +27,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 from gguf import GGMLQuantizationType as QT
-from gguf import GGUFWriter, LlamaFileType, TokenType
+from gguf import GGUFWriter, LlamaFileType
 
-from compress.errors import CompressError
 from compress.export.dense import check_uniform
+from compress.export.gguf_blocks import BLOCK, FMT, Rounding, block_params, encode_q4_0, encode_q4_1, encode_q8_0
+from compress.export.gguf_blocks import refuse as _refuse
+from compress.export.gguf_tokenizer import add_tokenizer
 from compress.export.registry import Exporter, register_exporter
 from compress.formats import PackedLinear, QuantLinear
 from compress.formats.tied_embedding import QuantEmbedding
 from compress.models import storage_dtype
 
-FMT = "gguf"
 GGUF_FILE = "model.gguf"
 REPORT_FILE = "gguf-report.json"
-BLOCK = 32  # weights per Q4_0 / Q4_1 / Q8_0 block (QK4_0 = QK4_1 = QK8_0 in ggml)
 FP16_MAX = 65504.0
 LAYER_LINEARS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
                  "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -48,10 +48,6 @@ LAYER_NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_
 FLOAT_TYPES = {torch.bfloat16: QT.BF16, torch.float16: QT.F16, torch.float32: QT.F32}
 FILE_TYPES = {QT.Q8_0: LlamaFileType.MOSTLY_Q8_0, QT.Q4_0: LlamaFileType.MOSTLY_Q4_0, QT.Q4_1: LlamaFileType.MOSTLY_Q4_1,
               QT.BF16: LlamaFileType.MOSTLY_BF16, QT.F16: LlamaFileType.MOSTLY_F16, QT.F32: LlamaFileType.ALL_F32}
-
-
-def _refuse(what: str) -> CompressError:
-    return CompressError(f"export --format {FMT}: {what}")
 
 
 # ---------------------------------------------------------------- what can be written (checked first)
@@ -179,70 +175,6 @@ def _row_order(gguf_name: str, cfg: Any) -> torch.Tensor | None:
     return None
 
 
-# ---------------------------------------------------------------- block encoding
-
-def _fp16_bytes(x: torch.Tensor) -> torch.Tensor:
-    """fp16 values [..., 1] → their little-endian bytes [..., 2]."""
-    return x.to(torch.float16).contiguous().view(torch.uint8)
-
-
-def block_params(mod: QuantLinear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-32-block scale and zero [N, K/32]: each group's repeated over its blocks (padding beyond K dropped)."""
-    per_group = mod.qspec.group_for(mod.in_features) // BLOCK
-    blocks = mod.in_features // BLOCK
-    scale = mod.scales.float().repeat_interleave(per_group, dim=1)[:, :blocks]
-    zero = None if mod.zeros is None else mod.zeros.float().repeat_interleave(per_group, dim=1)[:, :blocks]
-    return scale, zero
-
-
-def encode_q8_0(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Codes [N, K] (uint8, zero 128) → Q8_0 rows [N, K/32·34]: fp16 d, then 32 signed bytes."""
-    n, k = codes.shape
-    qs = (codes.to(torch.int16) - 128).to(torch.int8).view(torch.uint8).reshape(n, k // BLOCK, BLOCK)
-    return torch.cat([_fp16_bytes(scale.unsqueeze(-1)), qs], dim=-1).reshape(n, -1)
-
-
-def _nibbles(codes: torch.Tensor) -> torch.Tensor:
-    """Codes [N, K] in 0..15 → [N, K/32, 16]: byte j holds element j (low nibble) and element j + 16 (high)."""
-    n, k = codes.shape
-    blocks = codes.to(torch.uint8).reshape(n, k // BLOCK, BLOCK)
-    return blocks[..., :16] | (blocks[..., 16:] << 4)
-
-
-def encode_q4_0(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric int4 (zero 8) → Q4_0 rows [N, K/32·18]: fp16 d, 16 nibble bytes; value (q − 8)·d."""
-    n = codes.shape[0]
-    return torch.cat([_fp16_bytes(scale.unsqueeze(-1)), _nibbles(codes)], dim=-1).reshape(n, -1)
-
-
-def encode_q4_1(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """Asymmetric int4 → Q4_1 rows [N, K/32·20]: fp16 d, fp16 m = −zero·d, 16 nibble bytes; value q·d + m."""
-    n = codes.shape[0]
-    d, m = _fp16_bytes(scale.unsqueeze(-1)), _fp16_bytes((-zero * scale).unsqueeze(-1))
-    return torch.cat([d, m, _nibbles(codes)], dim=-1).reshape(n, -1)
-
-
-class Rounding:
-    """The largest relative fp16 rounding of GGUF block scales d (and Q4_1 minimums m), and where."""
-
-    def __init__(self) -> None:
-        self.worst: dict[str, tuple[float, str]] = {}
-
-    def add(self, field: str, exact: torch.Tensor, module: str) -> None:
-        nz = exact != 0
-        rel = ((exact.to(torch.float16).float() - exact).abs()[nz] / exact.abs()[nz]).max().item() if nz.any() else 0.0
-        if rel >= self.worst.get(field, (-1.0, ""))[0]:
-            self.worst[field] = (rel, module)
-
-    def report(self) -> dict[str, Any]:
-        """{max_rel_d, worst_d_module, max_rel_m, worst_m_module}; None for a field no block has (m: Q4_1 only)."""
-        out: dict[str, Any] = {}
-        for field in ("d", "m"):
-            rel, module = self.worst.get(field, (None, None))
-            out |= {f"max_rel_{field}": rel, f"worst_{field}_module": module if rel else None}
-        return out
-
-
 def quant_tensor(name: str, mod: QuantLinear, rows: torch.Tensor | None, rounding: Rounding) -> tuple[np.ndarray, QT]:
     """A QuantLinear's codes as GGUF blocks (rows permuted for rotary heads when `rows` is given)."""
     qtype = quant_type(name, mod)
@@ -285,7 +217,7 @@ def module_tensor(name: str, gguf_name: str, mod: nn.Module, cfg: Any, dtype: to
     return float_tensor(w if rows is None else w[rows], dtype)
 
 
-# ---------------------------------------------------------------- metadata and tokenizer
+# ---------------------------------------------------------------- metadata (the tokenizer: gguf_tokenizer.py)
 
 def add_hparams(w: GGUFWriter, model: nn.Module, name: str) -> None:
     """The llama.* keys llama.cpp reads (tied embeddings are the absence of an `output` tensor)."""
@@ -305,91 +237,6 @@ def add_hparams(w: GGUFWriter, model: nn.Module, name: str) -> None:
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     w.add_vocab_size(int(model.get_input_embeddings().num_embeddings))
 
-
-def pre_tokenizer(spec: dict[str, Any]) -> str:
-    """llama.cpp's pre-tokenizer name for a byte-level BPE: its split regex must be the one ours uses."""
-    def byte_level(p: dict[str, Any]) -> bool:
-        return p.get("type") == "ByteLevel" and p.get("use_regex", True) and not p.get("add_prefix_space", False)
-
-    pre = spec.get("pre_tokenizer") or {}
-    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-    if len(parts) == 1 and byte_level(parts[0]):
-        return "gpt-2"  # llama.cpp's name for GPT-2's split regex
-    if len(parts) == 2 and parts[0].get("type") == "Digits" and parts[0].get("individual_digits") and byte_level(parts[1]):
-        return "smollm"  # digits split one by one, then GPT-2's regex
-    raise _refuse(f"tokenizer pre_tokenizer {json.dumps(pre)[:120]}: only GPT-2 style byte-level BPE (as SmolLM2) is written")
-
-
-def tokenizer_spec(tok: Any) -> dict[str, Any]:
-    """The tokenizers JSON of a fast tokenizer, checked to be a byte-level BPE llama.cpp's gpt2 model reproduces."""
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
-        raise _refuse(f"tokenizer {type(tok).__name__} is not a fast (tokenizers) tokenizer; GGUF needs its BPE vocab and merges")
-    spec = json.loads(backend.to_str())
-    model = spec.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback") or spec.get("normalizer"):
-        raise _refuse(f"tokenizer model {model.get('type')!r} (byte_fallback {model.get('byte_fallback')}, normalizer "
-                      f"{(spec.get('normalizer') or {}).get('type')}): only GPT-2 style byte-level BPE is written")
-    return spec
-
-
-def vocab(tok: Any, size: int) -> tuple[list[str], list[int]]:
-    """Tokens and their types for every embedding row: added special tokens CONTROL, unused rows [PADi]."""
-    by_id = {i: t for t, i in tok.get_vocab().items()}
-    if by_id and max(by_id) >= size:
-        raise _refuse(f"tokenizer has id {max(by_id)}, beyond the model's {size} embedding rows")
-    added = getattr(tok, "added_tokens_decoder", {})
-    tokens, types = [], []
-    for i in range(size):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(TokenType.UNUSED)
-            continue
-        tokens.append(by_id[i])
-        types.append(TokenType.NORMAL if i not in added else TokenType.CONTROL if added[i].special else TokenType.USER_DEFINED)
-    return tokens, [int(t) for t in types]
-
-
-def _adds_specials(tok: Any) -> tuple[bool, bool]:
-    """Whether encoding adds BOS / EOS, seen by encoding (the tokenizer's post-processor decides)."""
-    with_sp = tok("a", add_special_tokens=True)["input_ids"]
-    plain = tok("a", add_special_tokens=False)["input_ids"]
-    extra = len(with_sp) > len(plain)
-    bos, eos = tok.bos_token_id, tok.eos_token_id
-    return extra and bos is not None and with_sp[0] == bos, extra and eos is not None and with_sp[-1] == eos
-
-
-def add_tokenizer(w: GGUFWriter, tok: Any, size: int) -> dict[str, Any]:
-    """tokenizer.ggml.*: gpt2 model, pre-tokenizer, tokens, types, merges, special ids, chat template."""
-    if tok is None:
-        raise _refuse("the source has no tokenizer, which a GGUF file carries; export a checkpoint saved with its tokenizer")
-    spec = tokenizer_spec(tok)
-    pre = pre_tokenizer(spec)
-    tokens, types = vocab(tok, size)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    ids = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "unk": tok.unk_token_id, "pad": tok.pad_token_id}
-    adders = {"bos": w.add_bos_token_id, "eos": w.add_eos_token_id, "unk": w.add_unk_token_id, "pad": w.add_pad_token_id}
-    for key, add in adders.items():
-        if ids[key] is not None:
-            add(int(ids[key]))
-    add_bos, add_eos = _adds_specials(tok)
-    w.add_add_bos_token(add_bos)
-    w.add_add_eos_token(add_eos)
-    w.add_add_space_prefix(False)
-    template = getattr(tok, "chat_template", None)
-    if isinstance(template, dict):
-        template = [{"name": k, "template": v} for k, v in template.items()]
-    if template:
-        w.add_chat_template(template)
-    return {"pre": pre, "tokens": len(tokens), "merges": len(merges), "add_bos": add_bos} | {f"{k}_id": v for k, v in ids.items()}
-
-
-# ---------------------------------------------------------------- writing
 
 def _model_name(model: nn.Module) -> str:
     src = str(getattr(model.config, "_name_or_path", "") or getattr(model.config, "name_or_path", "") or "model")

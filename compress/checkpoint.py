@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -56,30 +56,26 @@ def _apply_shapes(model: nn.Module, shapes: dict[str, list[int]], dtype: torch.d
     setattr(model, NONUNIFORM_ATTR, True)
 
 
-def unique_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """State dict with tied tensors stored once and floating tensors cast to the storage dtype."""
+def _unique_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of the state dict with tied tensors once (the first name that holds them)."""
     seen: set[tuple[int, int]] = set()
-    out: dict[str, torch.Tensor] = {}
     for name, t in model.state_dict().items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
-        if key in seen:
-            continue
-        seen.add(key)
-        t = t.detach()
-        out[name] = (t.to(dtype) if t.is_floating_point() else t).contiguous().cpu()
-    return out
-
-
-def state_bytes(model: nn.Module, dtype: torch.dtype) -> int:
-    """Bytes `unique_state` would hold, counted without copying a tensor (tied tensors once, floats in `dtype`)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for t in model.state_dict().values():
         key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
         if key not in seen:
             seen.add(key)
-            total += t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size())
-    return total
+            yield name, t
+
+
+def unique_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """State dict with tied tensors stored once and floating tensors cast to the storage dtype."""
+    return {name: (t.detach().to(dtype) if t.is_floating_point() else t.detach()).contiguous().cpu()
+            for name, t in _unique_tensors(model)}
+
+
+def state_bytes(model: nn.Module, dtype: torch.dtype) -> int:
+    """Bytes `unique_state` would hold, without making it."""
+    return sum(t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size())
+               for _, t in _unique_tensors(model))
 
 
 SIDE_FILES_BYTES = 16 << 20  # config, tokenizer (a large vocabulary's tokenizer.json is ~10 MB), manifest, report

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from compress.algorithms.grid import QuantSpec
 from compress.errors import CompressError
-from compress.export.dense import check_uniform
+from compress.export.dense import check_uniform, save_hf
 from compress.export.registry import Exporter, register_exporter
 from compress.formats import PackedLinear, QuantLinear, SparseLinear
 from compress.formats.tied_embedding import tied_names
@@ -247,12 +247,7 @@ def write(model: nn.Module, tokenizer: Any, out: Path) -> dict[str, str]:
         groups[mod.qspec].append(name)
         modules[name] = _describe(mod.qspec)
     ignore = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]  # what stayed dense, e.g. lm_head
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.dtype = dtype
-    model.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+    save_hf(model, tokenizer, out, dtype)
     ModelCompressor(quantization_config=quantization_config(groups, ignore)).update_config(str(out))
     if not all(spec.symmetric for spec in groups):
         _set_dequantize(out / "config.json")

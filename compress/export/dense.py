@@ -41,16 +41,21 @@ def densify(model: nn.Module, dtype: torch.dtype) -> dict[str, str]:
     return done
 
 
-def write_dense(model: nn.Module, tokenizer: Any, out: Path) -> dict[str, str]:
-    dtype = storage_dtype(model)
-    modules = densify(model, dtype)
-    model.to(dtype)
+def save_hf(model: nn.Module, tokenizer: Any, out: Path, dtype: torch.dtype) -> None:
+    """save_pretrained with no stale quantization_config and config.dtype saying what the weights are."""
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.dtype = dtype
     model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+
+
+def write_dense(model: nn.Module, tokenizer: Any, out: Path) -> dict[str, str]:
+    dtype = storage_dtype(model)
+    modules = densify(model, dtype)
+    model.to(dtype)
+    save_hf(model, tokenizer, out, dtype)
     return modules
 
 

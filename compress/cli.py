@@ -278,6 +278,8 @@ def regress(
     tol_size: Optional[float] = typer.Option(None, min=0, help="Max relative growth of a size/memory ratio to the base (default 0.01)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the checks and the current report here."),
     device: Optional[str] = typer.Option(None, help="cuda or cpu (default: the baseline's kind)."),
+    confirm: int = typer.Option(1, min=0, help="Time again this many times when only latency checks fail, gating each "
+                                "ratio's best run (a real slowdown fails every run; 0: fail on the first)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Re-run a baseline's models/recipes and compare; exit 1 on any regression, 0 otherwise."""
@@ -286,7 +288,7 @@ def regress(
 
     tol = {"perplexity": tol_perplexity, "latency": tol_latency, "size": tol_size}
     output_files(("--json", json_out))
-    checks, report = run_regress(baseline, current, device, tol, progress=not quiet)
+    checks, report = run_regress(baseline, current, device, tol, progress=not quiet, confirm=confirm)
     typer.echo(regress_table(checks))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ The step never syncs with the host, so tokens/s counts the model's work.
 from __future__ import annotations
 
 import inspect
+import time
 import warnings
 from typing import Callable
 
@@ -136,8 +137,13 @@ class StaticDecoder:
                 layer.cumulative_length = length
 
     @torch.no_grad()
-    def decode(self, first: torch.Tensor, start: int, steps: int) -> torch.Tensor:
-        """`steps` greedy tokens after `first` (which sits at position `start`) → [B, steps]."""
+    def decode(self, first: torch.Tensor, start: int, steps: int, step_times: list[float] | None = None) -> torch.Tensor:
+        """`steps` greedy tokens after `first` (which sits at position `start`) → [B, steps].
+
+        With `step_times`, each step's wall seconds are appended to it (a CUDA step is synchronized
+        on, so each time is the step's own): the benchmark takes the median step, which a burst of
+        a neighbour's load on a shared machine moves far less than the total of a short run.
+        """
         if start + steps > self.max_len:
             raise CompressError(f"{start + steps} positions do not fit a cache of {self.max_len}")
         pos = torch.tensor([start], device=self.device)
@@ -147,9 +153,18 @@ class StaticDecoder:
         out, tok = [], first
         for i in range(steps):
             pos.fill_(start + i)  # in place on device: no host sync, no new graph input
+            t0 = self._clock() if step_times is not None else 0.0
             tok = self._first_step(tok, pos) if i == 0 else self._step(tok, pos)
+            if step_times is not None:
+                step_times.append(self._clock() - t0)
             out.append(tok)
         return torch.cat(out, dim=1)
+
+    def _clock(self) -> float:
+        """Wall seconds, after the device has finished what was queued."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def _first_step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """The first step builds a compiled step; with mode auto a failure to compile falls back to eager, once, loudly."""

@@ -17,9 +17,9 @@ from compress.eval.fast_decode import StaticDecoder
 
 def timed_rounds(models: list[nn.Module], prefill: tuple[int, ...], batches: tuple[int, ...], prompt_len: int,
                  new_tokens: int, warmup: int, repeats: int, mode: str = "eager") -> list[dict[str, Any]]:
-    """Per model: prefill_ms and decode_tokens_per_s spreads over `repeats` rounds (warm-up in round one)."""
+    """Per model: prefill_ms spreads over `repeats` rounds and decode_tokens_per_s over every step of them (warm-up in round one)."""
     pre: list[dict[int, list[float]]] = [{n: [] for n in prefill} for _ in models]
-    dec: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in models]
+    steps: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in models]  # every timed step, pooled
     decoders = [{b: StaticDecoder(m, prompt_len + new_tokens + 1, mode) for b in batches} for m in models]
     for r in range(repeats):
         w = warmup if r == 0 else 0
@@ -27,8 +27,8 @@ def timed_rounds(models: list[nn.Module], prefill: tuple[int, ...], batches: tup
             for n in prefill:
                 pre[i][n].append(speed.prefill_ms(m, n, w, 1)["median"])
             for b in batches:
-                dec[i][b].append(speed.decode_tokens_per_s(m, b, prompt_len, new_tokens, w, 1, mode, decoders[i][b])["median"])
+                steps[i][b] += speed.decode_step_seconds(m, b, prompt_len, new_tokens, w, 1, mode, decoders[i][b])[0]
     return [{"prefill_ms": {str(n): speed.spread(v) for n, v in p.items()},
-             "decode_tokens_per_s": {str(b): speed.spread(v) for b, v in d.items()},
+             "decode_tokens_per_s": {str(b): speed.tokens_per_s(b, v, ds[b].mode) for b, v in d.items()},
              "decode_mode": getattr(next(iter(ds.values()), None), "mode", mode)}  # what ran (auto may have fallen back)
-            for p, d, ds in zip(pre, dec, decoders)]
+            for p, d, ds in zip(pre, steps, decoders)]

@@ -1,7 +1,9 @@
 """Latency and memory of one model: prefill ms, decode tokens/s (static cache), bytes by format.
 
-Timings are medians of `repeats` runs after `warmup` runs, with min and max kept so the spread is
-visible; on CUDA every timed region ends with a synchronize.
+Prefill timings are medians of `repeats` runs after `warmup` runs; decode rates are medians over
+every timed step (one step is the unit a user waits for, and the median step shrugs off a burst of
+load that moves the total of a short run by 20%). Min and max are kept so the spread is visible; on
+CUDA every timed region ends with a synchronize.
 """
 from __future__ import annotations
 
@@ -63,9 +65,9 @@ def prefill_ms(model: nn.Module, length: int, warmup: int, repeats: int) -> dict
 
 
 @torch.no_grad()
-def decode_tokens_per_s(model: nn.Module, batch: int, prompt_len: int, new_tokens: int, warmup: int, repeats: int,
-                        mode: str = "auto", dec: StaticDecoder | None = None) -> dict[str, Any]:
-    """Greedy tokens/s (all rows together) of `new_tokens` static-cache decode steps after a prompt.
+def decode_step_seconds(model: nn.Module, batch: int, prompt_len: int, new_tokens: int, warmup: int, repeats: int,
+                        mode: str = "auto", dec: StaticDecoder | None = None) -> tuple[list[float], str]:
+    """Wall seconds of every static-cache decode step in `repeats` runs of `new_tokens` steps, and the mode that ran.
 
     The prompt is prefilled outside the timed region; each timed run decodes the same steps. Pass
     the same `dec` again to time more rounds without building (compiling) its step again.
@@ -74,9 +76,23 @@ def decode_tokens_per_s(model: nn.Module, batch: int, prompt_len: int, new_token
     ids = prompt_ids(model, batch, prompt_len)
     first = dec.prefill(ids)
     warm = warmup if dec.mode == "eager" or dec.built else max(warmup, 1)  # a compiled step is built on its first run
-    secs = time_runs(lambda: dec.decode(first, prompt_len, new_tokens), model_device(model), warm, repeats)
-    tps = [batch * new_tokens / s for s in secs]
-    return {**spread(tps), "mode": dec.mode}
+    for _ in range(warm):
+        dec.decode(first, prompt_len, new_tokens)
+    steps: list[float] = []
+    for _ in range(repeats):
+        dec.decode(first, prompt_len, new_tokens, steps)
+    return steps, dec.mode
+
+
+def tokens_per_s(batch: int, step_seconds: list[float], mode: str) -> dict[str, Any]:
+    """Spread of tokens/s over single steps (all rows together): the median is the median step's rate."""
+    return {**spread([batch / s for s in step_seconds]), "mode": mode, "steps": len(step_seconds)}
+
+
+def decode_tokens_per_s(model: nn.Module, batch: int, prompt_len: int, new_tokens: int, warmup: int, repeats: int,
+                        mode: str = "auto", dec: StaticDecoder | None = None) -> dict[str, Any]:
+    """Greedy decode tokens/s of the median step (min/median/max over every timed step)."""
+    return tokens_per_s(batch, *decode_step_seconds(model, batch, prompt_len, new_tokens, warmup, repeats, mode, dec))
 
 
 def memory_bytes(model: nn.Module) -> int:

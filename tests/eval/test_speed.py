@@ -26,11 +26,41 @@ def test_time_runs_counts_warmup_and_repeats():
     assert len(calls) == 5 and len(secs) == 3 and all(s >= 0.01 for s in secs)
 
 
-def test_decode_tokens_per_s_arithmetic(tiny_model, monkeypatch):
-    """tokens/s = batch × steps / seconds, for each timed run (times planted)."""
-    monkeypatch.setattr(speed, "time_runs", lambda fn, dev, w, r: [0.5, 1.0, 2.0])
-    r = speed.decode_tokens_per_s(tiny_model, batch=2, prompt_len=4, new_tokens=8, warmup=1, repeats=3, mode="eager")
-    assert r == {"min": 8.0, "median": 16.0, "max": 32.0, "mode": "eager"}
+class PlantedDecoder:
+    """Stands in for StaticDecoder: every decode call reports the planted step times."""
+
+    mode, built = "eager", True
+
+    def __init__(self, per_step: list[float]) -> None:
+        self.per_step, self.calls = per_step, []
+
+    def prefill(self, ids):
+        return ids[:, -1:]
+
+    def decode(self, first, start, steps, step_times=None):
+        self.calls.append(step_times is not None)
+        if step_times is not None:
+            step_times += self.per_step[:steps]
+
+
+def test_decode_tokens_per_s_is_the_median_step_over_every_timed_run(tiny_model):
+    """tokens/s = batch / step seconds over all timed steps pooled (a slow burst in one run moves the median little)."""
+    dec = PlantedDecoder([0.25, 0.25, 0.25, 2.0])  # per run: 4 steps
+    r = speed.decode_tokens_per_s(tiny_model, batch=2, prompt_len=4, new_tokens=4, warmup=1, repeats=3, dec=dec)
+    assert dec.calls == [False, True, True, True]  # one untimed warm-up run, then three timed
+    assert r == {"min": 1.0, "median": 8.0, "max": 8.0, "mode": "eager", "steps": 12}
+
+
+def test_decode_step_times_are_each_steps_own(tiny_model):
+    """The real decoder's per-step clock: a forward that sleeps 20 ms makes every step at least that long."""
+    import time as _time
+
+    from compress.eval.fast_decode import StaticDecoder
+
+    tiny_model.register_forward_pre_hook(lambda *_: _time.sleep(0.02))
+    secs, mode = speed.decode_step_seconds(tiny_model, 1, 4, 5, warmup=0, repeats=2, mode="eager",
+                                           dec=StaticDecoder(tiny_model, 10, "eager"))
+    assert mode == "eager" and len(secs) == 10 and all(0.02 <= s < 0.5 for s in secs)
 
 
 def test_memory_bytes_counts_tied_weights_once(tiny_model):

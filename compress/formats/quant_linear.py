@@ -7,7 +7,9 @@ the compute dtype. Kp is K padded to whole groups (zeros beyond K never meet an 
 That portable layout is what checkpoints and `state_dict()` hold. In memory an int4 module keeps
 its weight in the layout of its device's kernel (`layout`: see `int4_layout`), converted when the
 module is built, loaded or moved, plus the kernel's scale/zero table `sz` (a buffer, so it is
-counted): one copy of the weight, and a forward that is one kernel call.
+counted): one copy of the weight, and a forward that is one kernel call. Where `sz` holds the
+parameters exactly (bf16 scales, the kernel's dtype), `scales` is a view into it and integer
+`zeros` are read back from it (z = 8 − round(zt / s)), so no parameter is held twice either.
 """
 from __future__ import annotations
 
@@ -110,13 +112,47 @@ class QuantLinear(PackedLinear):
 
         codes = self.codes()
         if layout == "portable":
+            self._unfold_sz()
             self.qweight, self.sz = pack_codes(codes, self.qspec.bits), None
         else:
             pack = int4_layout.cpu_pack if layout == "cpu_int4" else int4_layout.cuda_convert
             group = tinygemm_group(self)
             assert group is not None, f"{layout} needs a tinygemm-compatible module"
             self.qweight, self.sz = pack(codes), scales_and_zeros(self, group).to(codes.device)
+            self._fold_into_sz()
         self.layout = layout
+
+    def _fold_into_sz(self) -> None:
+        """Serve scales and zeros from `sz` instead of beside it, where that is exact (else keep them)."""
+        from compress.kernels.int4_tinygemm import params_from_sz
+
+        scales, zeros = params_from_sz(self.sz, self.scales.shape[1], self.zeros is not None)
+        if scales.dtype != self.scales.dtype or not torch.equal(scales, self.scales):
+            return  # fp32/fp16 scales: the bf16 table rounds them
+        if zeros is not None and not torch.equal(zeros.to(self.zeros.dtype), self.zeros):
+            return  # a zero scale hides its zero point
+        self.scales = scales  # a view: no bytes of its own
+        if zeros is not None:
+            del self._buffers["zeros"]
+            self.zeros_in_sz = True
+
+    def _unfold_sz(self) -> None:
+        """Give scales and zeros storage of their own again (before the table goes away)."""
+        if self.sz is None or self.scales.untyped_storage().data_ptr() != self.sz.untyped_storage().data_ptr():
+            return
+        zeros = self.zeros if self.__dict__.get("zeros_in_sz") else None
+        self.scales = self.scales.contiguous()
+        if zeros is not None:
+            self.zeros_in_sz = False
+            self.register_buffer("zeros", zeros.to(self.scales.dtype))
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "zeros" and self.__dict__.get("zeros_in_sz"):
+            from compress.kernels.int4_tinygemm import params_from_sz
+
+            sz, scales = self._buffers["sz"], self._buffers["scales"]
+            return params_from_sz(sz, scales.shape[1], True)[1].to(scales.dtype).contiguous()
+        return super().__getattr__(name)
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
         """Device and dtype moves go through the portable layout, then into the new device's kernel layout."""
@@ -163,6 +199,9 @@ def dequant_weight(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Ten
 
 
 def _portable_state(mod: QuantLinear, state: dict[str, torch.Tensor], prefix: str, _meta: Any) -> None:
-    """Checkpoints hold the portable layout whatever the module runs in."""
+    """Checkpoints hold the portable layout whatever the module runs in (scales and zeros their own tensors)."""
     if mod.layout != "portable":
         state[prefix + "qweight"] = pack_codes(mod.codes(), mod.qspec.bits)
+        state[prefix + "scales"] = mod.scales.detach().contiguous()
+        if mod.zeros is not None:
+            state[prefix + "zeros"] = mod.zeros.detach()

@@ -39,6 +39,19 @@ def scales_and_zeros(mod: "QuantLinear", group: int, dtype: torch.dtype = KERNEL
     return torch.stack([s, (8 - z) * s], dim=-1).transpose(0, 1).contiguous().to(dtype)
 
 
+def params_from_sz(sz: torch.Tensor, groups: int, asymmetric: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Inverse of `scales_and_zeros`: scales [N, groups] (a view into sz) and integer zeros (None if symmetric).
+
+    (8 − z)·s is held in bf16, a relative error ≤ 2⁻⁹ on an integer |8 − z| ≤ 8, so rounding the
+    quotient recovers z exactly wherever s ≠ 0.
+    """
+    rep = sz.shape[0] // groups  # per-channel: every tinygemm group repeats the row's scale
+    table = sz[::rep].transpose(0, 1)  # [N, groups, 2]
+    if not asymmetric:
+        return table[..., 0], None
+    return table[..., 0], 8 - (table[..., 1].float() / table[..., 0].float()).round()
+
+
 def int4_tinygemm(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
     """y [M, N] = x2d [M, K] · Wᵀ through tinygemm (x padded to the packed K), in x's dtype."""
     kp = mod.qspec.padded_in(mod.in_features)

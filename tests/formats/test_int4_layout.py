@@ -67,3 +67,43 @@ def test_dequantize_from_unpacked_codes_matches_every_stored_layout():
     from_codes = dequant_weight(mod.codes(), args[0], args[1], "codes", *args[2:])
     assert torch.equal(from_codes, dequant_weight(mod.qweight, args[0], args[1], "cpu_int4", *args[2:]))
     assert torch.equal(from_codes, dequant_weight(pack_codes(mod.codes(), 4), args[0], args[1], "portable", *args[2:]))
+
+
+def planted(spec: QuantSpec, dtype: torch.dtype, n: int = 48, k: int = 128, zero_scale: bool = False):
+    """A module from hand-made codes, scales and integer zeros (all of 0..15), and those parameters."""
+    from compress.formats.quant_linear import QuantLinear
+
+    g = torch.Generator().manual_seed(7)
+    groups = 1 if spec.group_size == -1 else k // spec.group_size
+    q = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
+    s = (torch.rand(n, groups, generator=g) * 0.1 + 1e-3).to(dtype)
+    z = torch.arange(n * groups).remainder(16).reshape(n, groups).to(dtype)
+    if zero_scale:
+        s[3, 0] = 0
+    return QuantLinear.from_codes(q, s, z, spec, k, None, dtype), q, s, z
+
+
+@pytest.mark.parametrize("group", [32, 64, -1])
+def test_bf16_scales_and_zeros_live_in_the_kernel_table_only(group):
+    """In memory: codes + the kernel's (scale, zero) table and nothing else; read back, they are the planted ones."""
+    mod, q, s, z = planted(QuantSpec(4, group, False), torch.bfloat16)
+    assert mod.layout == "cpu_int4"
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in mod.buffers()}
+    assert sum(storages.values()) == mod.qweight.numel() + mod.sz.numel() * 2  # scales and zeros hold no bytes
+    assert torch.equal(mod.scales, s) and torch.equal(mod.zeros, z)
+    state = mod.state_dict()
+    assert torch.equal(state["scales"], s) and torch.equal(state["zeros"], z) and state["scales"].is_contiguous()
+    grp = mod.qspec.group_for(128)
+    by_hand = (q.double() - z.double().repeat_interleave(grp, 1)) * s.double().repeat_interleave(grp, 1)
+    assert torch.equal(mod.dense_weight().double(), by_hand.float().double())
+    mod.set_layout("portable")  # own storage again, same values
+    assert torch.equal(mod.scales, s) and torch.equal(mod.zeros, z) and "zeros" in dict(mod.named_buffers())
+
+
+@pytest.mark.parametrize("dtype, zero_scale", [(torch.float32, False), (torch.float16, False), (torch.bfloat16, True)])
+def test_parameters_the_table_would_round_are_kept_beside_it(dtype, zero_scale):
+    """fp32/fp16 scales do not fit the bf16 table exactly, and a zero scale hides its zero point: kept as they are."""
+    mod, q, s, z = planted(QuantSpec(4, 64, False), dtype, zero_scale=zero_scale)
+    assert mod.layout == "cpu_int4" and "zeros" in dict(mod.named_buffers())
+    assert torch.equal(mod.scales, s) and torch.equal(mod.zeros, z)
+    assert torch.equal(mod.state_dict()["zeros"], z)

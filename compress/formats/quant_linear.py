@@ -198,6 +198,16 @@ def dequant_weight(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Ten
     return (q * scales.to(dtype).unsqueeze(-1)).view(n, kp)[:, :in_features]
 
 
+def dequant_from_table(qweight: torch.Tensor, sz: torch.Tensor, groups: int, layout: str, bits: int, group: int,
+                       in_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """`dequant_weight` with scales and zero points read back from the int4 kernel's table: a pure function
+    too, so the read-back compiles into the same loop as the unpack."""
+    from compress.kernels.int4_tinygemm import params_from_sz
+
+    scales, zeros = params_from_sz(sz, groups, True)
+    return dequant_weight(qweight, scales, zeros, layout, bits, group, in_features, dtype)
+
+
 def _portable_state(mod: QuantLinear, state: dict[str, torch.Tensor], prefix: str, _meta: Any) -> None:
     """Checkpoints hold the portable layout whatever the module runs in (scales and zeros their own tensors)."""
     if mod.layout != "portable":

@@ -59,27 +59,33 @@ def int8pack_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
 
 
 DEQUANT_SHAPES = 64  # one compiled loop per (shape, layout, dtype): a bench holds several models' shapes at once
-_COMPILED_DEQUANT: list = []  # [compiled fn] once built, [None] once it failed (then eager, said once)
+_COMPILED_DEQUANT: dict[str, Callable | None] = {}  # per function: compiled once built, None once it failed (then eager)
 
 
 def _dequant_cpu(mod: "QuantLinear", dtype: torch.dtype) -> torch.Tensor:
     """The weight in `dtype` through `dequant_weight` compiled into one C++ loop (2.7× the eager ops on our
-    CPU, which make six passes over the weight); eager where Inductor cannot build or inside a compiled graph."""
-    from compress.formats.quant_linear import dequant_weight
+    CPU, which make six passes over the weight); eager where Inductor cannot build or inside a compiled graph.
+    Zero points folded into the int4 kernel's table are read back inside the same loop (eagerly, their
+    few small ops per call cost 3% of a SmolLM2 prefill)."""
+    from compress.formats.quant_linear import dequant_from_table, dequant_weight
 
-    args = (mod.qweight, mod.scales, mod.zeros, mod.layout, mod.qspec.bits, mod.qspec.group_for(mod.in_features),
-            mod.in_features, dtype)
-    if not COMPILE_DEQUANT or torch.compiler.is_compiling() or _COMPILED_DEQUANT == [None]:
-        return dequant_weight(*args)
-    if not _COMPILED_DEQUANT:
-        _COMPILED_DEQUANT.append(torch.compile(dequant_weight, dynamic=False))
+    tail = (mod.layout, mod.qspec.bits, mod.qspec.group_for(mod.in_features), mod.in_features, dtype)
+    if mod.__dict__.get("zeros_in_sz"):
+        fn, args = dequant_from_table, (mod.qweight, mod.sz, mod.scales.shape[1], *tail)
+    else:
+        fn, args = dequant_weight, (mod.qweight, mod.scales.contiguous(), mod.zeros, *tail)
+    name = fn.__name__
+    if not COMPILE_DEQUANT or torch.compiler.is_compiling() or _COMPILED_DEQUANT.get(name, 0) is None:
+        return fn(*args)
+    if name not in _COMPILED_DEQUANT:
+        _COMPILED_DEQUANT[name] = torch.compile(fn, dynamic=False)
     try:
         with torch._dynamo.config.patch(recompile_limit=DEQUANT_SHAPES):
-            return _COMPILED_DEQUANT[0](*args)
+            return _COMPILED_DEQUANT[name](*args)
     except Exception as e:  # no C++ compiler, an Inductor bug: the eager function is always right
         warnings.warn(f"compiled dequantize failed ({type(e).__name__}); prefill dequantizes eagerly", RuntimeWarning)
-        _COMPILED_DEQUANT[:] = [None]
-        return dequant_weight(*args)
+        _COMPILED_DEQUANT[name] = None
+        return fn(*args)
 
 
 def dequant(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:

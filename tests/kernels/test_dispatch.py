@@ -85,6 +85,7 @@ def test_compiled_and_eager_dequantize_agree(spec, monkeypatch):
     monkeypatch.setattr(dispatch, "COMPILE_DEQUANT", False)
     assert torch.equal(quant_linear(x, mod16, "dequant"), compiled)
     check(fp32_scales, x, case)
+    check(compiled, x, case)  # bf16 int4: scales and zeros read back from the kernel's table in the loop
 
 
 def test_dequantize_falls_back_to_eager_when_compiling_fails(monkeypatch):
@@ -96,11 +97,11 @@ def test_dequantize_falls_back_to_eager_when_compiling_fails(monkeypatch):
             raise RuntimeError("no C++ compiler")
         return f
 
-    monkeypatch.setattr(dispatch, "_COMPILED_DEQUANT", [])
+    monkeypatch.setattr(dispatch, "_COMPILED_DEQUANT", {})
     monkeypatch.setattr(torch, "compile", no_compiler)
     with pytest.warns(RuntimeWarning, match="compiled dequantize failed"):
         check(quant_linear(x, case.mod, "dequant"), x, case, eps=1e-6)
-    assert dispatch._COMPILED_DEQUANT == [None]
+    assert dispatch._COMPILED_DEQUANT == {"dequant_weight": None}
     check(quant_linear(x, case.mod, "dequant"), x, case, eps=1e-6)  # eager from now on, silently
 
 
@@ -110,7 +111,7 @@ def test_compiled_dequantize_serves_more_shapes_than_dynamos_default_limit(monke
     import torch._dynamo
 
     torch._dynamo.reset()
-    monkeypatch.setattr(dispatch, "_COMPILED_DEQUANT", [])
+    monkeypatch.setattr(dispatch, "_COMPILED_DEQUANT", {})
     torch._dynamo.utils.counters.clear()
     for n in range(16, 16 * 13, 16):  # 12 shapes
         case = build(QuantSpec(8, 32, False), n, 64, bias=False)

@@ -1,4 +1,4 @@
-"""Perplexity, time and size of RTN / GPTQ / AWQ on SmolLM2-135M (CPU), same windows for all.
+"""Perplexity, time and size of RTN / GPTQ / AWQ / SignRound on SmolLM2-135M (CPU), same windows for all.
 
 python benchmarks/quant_smollm2.py --windows 4 --samples 32 --calib-seq 512 --out benchmarks/results/quant_smollm2_cpu.jsonl
 """
@@ -14,7 +14,8 @@ import compress
 INT4 = {"g64": 64, "g128": 128, "pc": -1}
 
 
-def variants() -> dict[str, list[dict]]:
+def variants(sr: dict) -> dict[str, list[dict]]:
+    """Every variant's passes; `sr`: the signround step options (iters, batch) shared by its variants."""
     v: dict[str, list[dict]] = {"rtn-int8": [{"rtn": {"bits": 8}}], "gptq-int8": [{"gptq": {"bits": 8, "group_size": -1, "symmetric": True}}]}
     for tag, g in INT4.items():
         q = {"bits": 4, "group_size": g, "symmetric": False}
@@ -26,6 +27,8 @@ def variants() -> dict[str, list[dict]]:
         v[f"awq-rtn-{tag}"] = [{"awq": q}, {"rtn": {**q, "clip_search": True}}]
         v[f"awq-gptq-{tag}"] = [{"awq": q}, {"gptq": q}]
         v[f"awq-gptq-mse-{tag}"] = [{"awq": q}, {"gptq": {**q, "clip_search": True}}]
+        v[f"signround-{tag}"] = [{"signround": {**q, **sr}}]
+        v[f"awq-signround-{tag}"] = [{"awq": q}, {"signround": {**q, **sr}}]
     return v
 
 
@@ -35,6 +38,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--calib-seq", type=int, default=512)
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--signround-iters", type=int, default=200)
+    ap.add_argument("--signround-batch", type=int, default=4)
     ap.add_argument("--baseline", action="store_true")
     ap.add_argument("--save", default=None, help="also write the checkpoint of the first variant here (size check)")
     ap.add_argument("--out", default="benchmarks/results/quant_smollm2_cpu.jsonl")
@@ -42,7 +47,7 @@ def main() -> None:
     base = str(compress.fetch_smollm2())
     ev = {"perplexity": {"source": "wikitext2-test", "seq_len": 2048, "max_windows": a.windows}, "baseline": a.baseline}
     cal = {"source": "wikitext2-valid", "samples": a.samples, "seq_len": a.calib_seq, "seed": 0}
-    table = variants()
+    table = variants({"iters": a.signround_iters, "batch": a.signround_batch})
     for name in a.only or list(table):
         passes = table[name]
         t0 = time.perf_counter()

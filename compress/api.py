@@ -139,6 +139,7 @@ NAN_HINTS = {  # what can cure NaN/inf that a pass made from finite weights (eac
     "sparsegpt": "raise sparsegpt.damp or give more calibration tokens (calibration.samples / seq_len)",
     "awq": "check the calibration data: its activations set awq's scales",
     "wanda": "check the calibration data: its activations rank wanda's weights",
+    "signround": "lower signround.lr (0 = 1/iters) and check the calibration data: its layer outputs are the targets",
 }
 
 

@@ -5,5 +5,6 @@ from compress.passes import gptq  # noqa: F401
 from compress.passes import magnitude  # noqa: F401
 from compress.passes import prune_structured  # noqa: F401
 from compress.passes import rtn  # noqa: F401
+from compress.passes import signround  # noqa: F401
 from compress.passes import sparsegpt  # noqa: F401
 from compress.passes import wanda  # noqa: F401

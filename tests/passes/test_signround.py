@@ -1,0 +1,46 @@
+"""The `signround` pass on a tiny Llama: packed modules on the grid it learned, lower error than RTN, loads back."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import compress
+from compress.errors import CompressError
+from compress.formats.quant_linear import QuantLinear
+from tests.conftest import make_model
+from tests.passes.test_gptq import held_out_error, run
+
+Q = {"bits": 4, "group_size": 32, "symmetric": False}
+
+
+@pytest.mark.parametrize("q", [Q, {"bits": 4, "group_size": -1, "symmetric": True}])
+def test_beats_rtn_on_the_same_grid_and_stores_packed(q, tokenizer, text_file):
+    ref = make_model()
+    res = run([{"signround": {**q, "iters": 40, "batch": 2}}], make_model(), tokenizer, text_file)
+    rtn = run([{"rtn": q}], make_model(), tokenizer, text_file).model
+    mods = [m for m in res.model.modules() if isinstance(m, QuantLinear)]
+    assert len(mods) == 14 and all(m.qspec.bits == 4 and m.qweight.dtype == torch.uint8 for m in mods)
+    stats = res.report["passes"][0]
+    assert stats["layer_loss"] < 0.9 * stats["layer_loss_rtn"]  # the tuned layers fit their targets better …
+    assert held_out_error(res.model, ref, tokenizer) < held_out_error(rtn, ref, tokenizer)  # … and generalize
+
+
+def test_one_step_is_not_enough_to_move_far_from_rtn(tokenizer, text_file):
+    """Sanity of the previous test's margin: with a single tiny step the result is RTN's codes almost everywhere."""
+    one = run([{"signround": {**Q, "iters": 1, "lr": 1e-6}}], make_model(), tokenizer, text_file).model
+    rtn = run([{"rtn": Q}], make_model(), tokenizer, text_file).model
+    a, b = one.model.layers[0].mlp.up_proj, rtn.model.layers[0].mlp.up_proj
+    assert torch.equal(a.codes(), b.codes())
+
+
+def test_checkpoint_roundtrip(tokenizer, text_file, tmp_path):
+    res = run([{"signround": {**Q, "iters": 5}}], make_model(), tokenizer, text_file, out=tmp_path / "ck")
+    back = compress.load(tmp_path / "ck", device="cpu", dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, res.model(ids).logits)
+
+
+def test_refuses_packed_modules(tokenizer, text_file):
+    with pytest.raises(CompressError, match="signround"):
+        run([{"rtn": Q}, {"signround": Q}], make_model(), tokenizer, text_file)

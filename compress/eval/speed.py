@@ -1,8 +1,9 @@
 """Latency and memory of one model: prefill ms, decode tokens/s (static cache), bytes by format.
 
-Prefill timings are medians of `repeats` runs after `warmup` runs; decode rates are medians over
+Prefill timings are medians of `repeats` runs after `warmup` runs; CPU decode rates are medians over
 every timed step (one step is the unit a user waits for, and the median step shrugs off a burst of
-load that moves the total of a short run by 20%). Min and max are kept so the spread is visible; on
+load that moves the total of a short run by 20%), CUDA ones medians of whole runs (a sync per step
+would stall the GPU's queue). Min and max are kept so the spread is visible; on
 CUDA every timed region ends with a synchronize.
 """
 from __future__ import annotations
@@ -67,7 +68,8 @@ def prefill_ms(model: nn.Module, length: int, warmup: int, repeats: int) -> dict
 @torch.no_grad()
 def decode_step_seconds(model: nn.Module, batch: int, prompt_len: int, new_tokens: int, warmup: int, repeats: int,
                         mode: str = "auto", dec: StaticDecoder | None = None) -> tuple[list[float], str]:
-    """Wall seconds of every static-cache decode step in `repeats` runs of `new_tokens` steps, and the mode that ran.
+    """Wall seconds of every static-cache decode step in `repeats` runs of `new_tokens` steps, and the mode that ran
+    (on CUDA each run's mean step, `new_tokens` times: the median is then the median run).
 
     The prompt is prefilled outside the timed region; each timed run decodes the same steps. Pass
     the same `dec` again to time more rounds without building (compiling) its step again.
@@ -78,6 +80,10 @@ def decode_step_seconds(model: nn.Module, batch: int, prompt_len: int, new_token
     warm = warmup if dec.mode == "eager" or dec.built else max(warmup, 1)  # a compiled step is built on its first run
     for _ in range(warm):
         dec.decode(first, prompt_len, new_tokens)
+    device = model_device(model)
+    if device.type == "cuda":  # a sync per step would stall the queue the GPU decodes from: whole runs, per step
+        runs = time_runs(lambda: dec.decode(first, prompt_len, new_tokens), device, 0, repeats)
+        return [r / new_tokens for r in runs for _ in range(new_tokens)], dec.mode
     steps: list[float] = []
     for _ in range(repeats):
         dec.decode(first, prompt_len, new_tokens, steps)

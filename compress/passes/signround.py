@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from compress.algorithms.rtn import rtn_quantize
 from compress.algorithms.signround import SignRoundLinear, sign_step
@@ -39,8 +40,8 @@ class SignRoundLayers:
     the layers before it.
     """
 
-    def __init__(self, model: nn.Module, chosen: dict[str, nn.Linear], cfg: SignRoundConfig) -> None:
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: nn.Module, chosen: dict[str, nn.Linear], cfg: SignRoundConfig, progress: bool = False) -> None:
+        self.model, self.cfg, self.progress = model, cfg, progress
         names = {id(m): n for n, m in model.named_modules()}
         self.per_layer = [{n: m for n, m in chosen.items() if n.startswith(names[id(layer)] + ".")}
                           for layer in decoder_layers(model)]
@@ -71,7 +72,7 @@ class SignRoundLayers:
             set_module(self.model, name, mod)
         try:
             self.loss_rtn += self._loss(layer)
-            self._tune(layer, tuned)
+            self._tune(index, layer, tuned)
             self.loss_tuned += self._loss(layer)
         finally:
             for p, flag in frozen:
@@ -88,21 +89,23 @@ class SignRoundLayers:
                     for h, t in zip(self.inputs, self.targets)]
         return sum(errs) / len(errs)
 
-    def _tune(self, layer: nn.Module, tuned: dict[str, SignRoundLinear]) -> None:
+    def _tune(self, index: int, layer: nn.Module, tuned: dict[str, SignRoundLinear]) -> None:
         """`iters` signed steps on random minibatches; the parameters of the lowest minibatch loss are kept."""
         cfg = self.cfg
         params = [p for m in tuned.values() for p in (m.v, m.alpha, m.beta)]
         lr = cfg.lr or 1.0 / cfg.iters
         gen = torch.Generator().manual_seed(cfg.seed)
         best, best_loss = [p.detach().clone() for p in params], float("inf")
+        bar = tqdm(range(cfg.iters), desc=f"signround layer {index}", leave=False, disable=not self.progress)
         with torch.enable_grad():
-            for it in range(cfg.iters):
+            for it in bar:
                 pick = torch.randperm(len(self.inputs), generator=gen)[: cfg.batch].tolist()
                 h = torch.cat([self.inputs[i] for i in pick])
                 t = torch.cat([self.targets[i] for i in pick])
                 loss = F.mse_loss(_hidden(layer(h, **self.kwargs)).float(), t.float())
                 if loss.item() < best_loss:
                     best_loss, best = loss.item(), [p.detach().clone() for p in params]
+                    bar.set_postfix(best_loss=f"{best_loss:.3g}", refresh=False)
                 loss.backward()
                 sign_step(params, lr * (1 - it / cfg.iters))
                 for m in tuned.values():
@@ -118,7 +121,7 @@ def signround(model: nn.Module, cfg: SignRoundConfig, ctx: Context) -> nn.Module
     chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where)
     refuse_packed(chosen, ctx.where, (PackedLinear,), "signround tunes the rounding of dense weights; run it before "
                   "pruning or other quantizers (awq before it is fine: awq only rescales)")
-    algo = SignRoundLayers(model, chosen, cfg)
+    algo = SignRoundLayers(model, chosen, cfg, ctx.progress)
     in_layers = {n for per in algo.per_layer for n in per}
     ids = ctx.calibration()
     run_layerwise(model, ids, algo, ctx.device, progress=ctx.progress, desc="signround")

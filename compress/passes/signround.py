@@ -1,6 +1,7 @@
 """`signround`: learned rounding and clipping (AutoRound's SignRound), one decoder layer at a time, into packed storage."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from compress.algorithms.signround import SignRoundLinear, sign_step
 from compress.context import Context
 from compress.formats.base import PackedLinear, refuse_packed
 from compress.layerwise import decoder_layers, run_layerwise
+from compress.passes._layer_state import LayerState, tokens_digest
 from compress.passes.rtn import GridConfig, quantize_linear
 from compress.registry import option, register_pass
 from compress.select import select_modules, set_module
@@ -26,6 +28,12 @@ class SignRoundConfig(GridConfig):
     batch: int = option(4, "calibration windows per step", min=1)
     min_range: float = option(0.5, "smallest factor on a group's min/max (learned clipping); 1 = no clipping", min=0.1, max=1.0)
     seed: int = option(0, "seed of the minibatch order")
+    state_dir: str | None = option(None, "folder for the per-layer resume state; null = none")
+    resume: bool = option(False, "reuse the layers finished in state_dir (same options and calibration required)")
+
+    def check(self) -> None:
+        if self.resume and not self.state_dir:
+            raise ValueError("option 'resume' needs 'state_dir' (where the finished layers are kept)")
 
 
 def _hidden(out: Any) -> torch.Tensor:
@@ -40,8 +48,10 @@ class SignRoundLayers:
     the layers before it.
     """
 
-    def __init__(self, model: nn.Module, chosen: dict[str, nn.Linear], cfg: SignRoundConfig, progress: bool = False) -> None:
+    def __init__(self, model: nn.Module, chosen: dict[str, nn.Linear], cfg: SignRoundConfig, progress: bool = False,
+                 state: LayerState | None = None) -> None:
         self.model, self.cfg, self.progress = model, cfg, progress
+        self.state, self.resumed = state, 0
         names = {id(m): n for n, m in model.named_modules()}
         self.per_layer = [{n: m for n, m in chosen.items() if n.startswith(names[id(layer)] + ".")}
                           for layer in decoder_layers(model)]
@@ -64,6 +74,14 @@ class SignRoundLayers:
         if not self.per_layer[index]:
             return
         spec = self.cfg.spec()
+        saved = self.state.load(index) if self.state else None
+        if saved is not None:
+            for name, lin in self.per_layer[index].items():
+                set_module(self.model, name, quantize_linear(lin, saved[f"{name}.codes"], saved[f"{name}.scale"],
+                                                             saved[f"{name}.zero"], spec))
+            self.resumed += 1
+            self.inputs, self.targets = [], []
+            return
         tuned = {n: SignRoundLinear(lin, spec, self.cfg.min_range) for n, lin in self.per_layer[index].items()}
         frozen = [(p, p.requires_grad) for p in layer.parameters()]
         for p, _ in frozen:
@@ -77,9 +95,13 @@ class SignRoundLayers:
         finally:
             for p, flag in frozen:
                 p.requires_grad_(flag)
+        done: dict[str, torch.Tensor] = {}
         for name, mod in tuned.items():
             codes, scale, zero = mod.codes()
             set_module(self.model, name, quantize_linear(self.per_layer[index][name], codes, scale, zero, spec))
+            done.update({f"{name}.codes": codes, f"{name}.scale": scale, f"{name}.zero": zero})
+        if self.state:
+            self.state.save(index, done)
         self.inputs, self.targets = [], []
 
     def _loss(self, layer: nn.Module) -> float:
@@ -121,14 +143,18 @@ def signround(model: nn.Module, cfg: SignRoundConfig, ctx: Context) -> nn.Module
     chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where)
     refuse_packed(chosen, ctx.where, (PackedLinear,), "signround tunes the rounding of dense weights; run it before "
                   "pruning or other quantizers (awq before it is fine: awq only rescales)")
-    algo = SignRoundLayers(model, chosen, cfg, ctx.progress)
-    in_layers = {n for per in algo.per_layer for n in per}
     ids = ctx.calibration()
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("state_dir", "resume")}
+    state = LayerState(cfg.state_dir, cfg.resume, {"options": options, "modules": sorted(chosen),
+                                                   "calibration": tokens_digest(ids)}, ctx.where)
+    algo = SignRoundLayers(model, chosen, cfg, ctx.progress, state)
+    in_layers = {n for per in algo.per_layer for n in per}
     run_layerwise(model, ids, algo, ctx.device, progress=ctx.progress, desc="signround")
     outside = [n for n in chosen if n not in in_layers]  # e.g. lm_head when targeted: no layer inputs, RTN
     for name in outside:
         codes, scale, zero = rtn_quantize(chosen[name].weight, cfg.spec())
         set_module(model, name, quantize_linear(chosen[name], codes, scale, zero, cfg.spec()))
     ctx.stats.update(modules=len(chosen), rtn_fallback=outside, calibration_tokens=int(ids.numel()),
-                     layer_loss_rtn=round(algo.loss_rtn, 6), layer_loss=round(algo.loss_tuned, 6))
+                     layer_loss_rtn=round(algo.loss_rtn, 6), layer_loss=round(algo.loss_tuned, 6),
+                     resumed_layers=algo.resumed)
     return model

@@ -44,3 +44,48 @@ def test_checkpoint_roundtrip(tokenizer, text_file, tmp_path):
 def test_refuses_packed_modules(tokenizer, text_file):
     with pytest.raises(CompressError, match="signround"):
         run([{"rtn": Q}, {"signround": Q}], make_model(), tokenizer, text_file)
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tokenizer, text_file, tmp_path, monkeypatch):
+    from compress.passes import signround as sr
+
+    opts = {**Q, "iters": 6, "batch": 2, "state_dir": str(tmp_path / "state")}
+    whole = run([{"signround": {**Q, "iters": 6, "batch": 2}}], make_model(), tokenizer, text_file).model
+    real, tuned = sr.SignRoundLayers._tune, []
+
+    def crash_on_layer_1(self, index, layer, mods):
+        if index == 1:
+            raise KeyboardInterrupt
+        tuned.append(index)
+        return real(self, index, layer, mods)
+
+    monkeypatch.setattr(sr.SignRoundLayers, "_tune", crash_on_layer_1)
+    with pytest.raises(KeyboardInterrupt):
+        run([{"signround": opts}], make_model(), tokenizer, text_file)
+    assert tuned == [0] and (tmp_path / "state" / "layer-0000.pt").is_file()
+    monkeypatch.setattr(sr.SignRoundLayers, "_tune", lambda self, index, layer, mods: tuned.append(index) or real(self, index, layer, mods))
+    res = run([{"signround": {**opts, "resume": True}}], make_model(), tokenizer, text_file)
+    assert tuned == [0, 1] and res.report["passes"][0]["resumed_layers"] == 1  # layer 0 read back, not tuned again
+    ids = torch.tensor([[1, 5, 9, 3, 7, 2]])
+    with torch.no_grad():
+        assert torch.equal(res.model(ids).logits, whole(ids).logits)
+
+
+def test_resume_with_other_options_is_one_line(tokenizer, text_file, tmp_path):
+    opts = {**Q, "iters": 2, "state_dir": str(tmp_path / "state")}
+    run([{"signround": opts}], make_model(), tokenizer, text_file)
+    with pytest.raises(CompressError, match=r"resume state .* other options; resume with the same options"):
+        run([{"signround": {**opts, "iters": 3, "resume": True}}], make_model(), tokenizer, text_file)
+    with pytest.raises(CompressError, match="resume.*needs 'state_dir'"):
+        run([{"signround": {**Q, "resume": True}}], make_model(), tokenizer, text_file)
+
+
+def test_a_damaged_resume_state_is_one_line(tokenizer, text_file, tmp_path):
+    opts = {**Q, "iters": 2, "state_dir": str(tmp_path / "state")}
+    run([{"signround": opts}], make_model(), tokenizer, text_file)
+    (tmp_path / "state" / "layer-0001.pt").write_bytes(b"not a tensor file")
+    with pytest.raises(CompressError, match=r"layer-0001.pt is unreadable .*delete it"):
+        run([{"signround": {**opts, "resume": True}}], make_model(), tokenizer, text_file)
+    (tmp_path / "state" / "fingerprint.json").write_text("{broken")
+    with pytest.raises(CompressError, match=r"fingerprint.json is unreadable"):
+        run([{"signround": {**opts, "resume": True}}], make_model(), tokenizer, text_file)

@@ -29,6 +29,11 @@ def variants(sr: dict) -> dict[str, list[dict]]:
         v[f"awq-gptq-mse-{tag}"] = [{"awq": q}, {"gptq": {**q, "clip_search": True}}]
         v[f"signround-{tag}"] = [{"signround": {**q, **sr}}]
         v[f"awq-signround-{tag}"] = [{"awq": q}, {"signround": {**q, **sr}}]
+    for g in (64, 128):  # 3 bits (issue #11's target: int3 g64 ≤ +25%)
+        q = {"bits": 3, "group_size": g, "symmetric": False}
+        v[f"rtn-int3-g{g}"] = [{"rtn": q}]
+        v[f"gptq-mse-int3-g{g}"] = [{"gptq": {**q, "clip_search": True}}]
+        v[f"awq-gptq-mse-int3-g{g}"] = [{"awq": q}, {"gptq": {**q, "clip_search": True}}]
     return v
 
 

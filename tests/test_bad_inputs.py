@@ -140,7 +140,7 @@ CASES = [
     recipe("recipe: unknown option", "passes:\n  - rtn: {bitz: 8}\n", "option 'bitz' is unknown; allowed:"),
     recipe("recipe: wrong type", "passes:\n  - rtn: {bits: eight}\n", "option 'bits': expected int, got 'eight'"),
     recipe("recipe: bool for an int", "passes:\n  - rtn: {bits: true}\n", "option 'bits': expected int"),
-    recipe("recipe: value not allowed", "passes:\n  - rtn: {bits: 3}\n", "option 'bits' = 3 is not allowed; allowed: 4, 8"),
+    recipe("recipe: value not allowed", "passes:\n  - rtn: {bits: 5}\n", "option 'bits' = 5 is not allowed; allowed: 3, 4, 8"),
     recipe("recipe: out of range float", "passes:\n  - magnitude: {sparsity: 1.5}\n", "out of range"),
     recipe("recipe: NaN float", "passes:\n  - magnitude: {sparsity: .nan}\n", "expected a finite number"),
     recipe("recipe: inf float", "passes:\n  - gptq: {damp: .inf}\n", "expected a finite number"),

@@ -17,7 +17,7 @@ def invoke(*args: str):
 def test_passes_lists_options_with_help():
     res = invoke("passes")
     assert res.exit_code == 0
-    assert "rtn:" in res.stdout and "group_size: int = -1" in res.stdout and "allowed: 4, 8" in res.stdout
+    assert "rtn:" in res.stdout and "group_size: int = -1" in res.stdout and "allowed: 3, 4, 8" in res.stdout
     info = json.loads(invoke("passes", "--json").stdout)
     assert {o["name"] for o in info["rtn"]["options"]} >= {"bits", "group_size", "symmetric", "targets", "ignore"}
 
@@ -52,7 +52,7 @@ BAD = {
     "unknown pass": ("passes:\n  - rtnn: {}\n", {}, "pass 'rtnn' is unknown; allowed: "),
     "unknown option": ("passes:\n  - rtn: {bitz: 8}\n", {}, "pass 'rtn' (#1): option 'bitz' is unknown; allowed: "),
     "wrong type": ("passes:\n  - rtn: {bits: eight}\n", {}, "option 'bits': expected int, got 'eight'"),
-    "out of range": ("passes:\n  - rtn: {bits: 3}\n", {}, "option 'bits' = 3 is not allowed; allowed: 4, 8"),
+    "out of range": ("passes:\n  - rtn: {bits: 5}\n", {}, "option 'bits' = 5 is not allowed; allowed: 3, 4, 8"),
     "target matches nothing": ("passes:\n  - rtn: {targets: ['*.nosuch.*']}\n", {}, "pass 'rtn' (#1): targets pattern '*.nosuch.*' matches no module"),
     "missing model": ("passes:\n  - rtn: {}\n", {"model": "/nonexistent/model"}, "model '/nonexistent/model': path not found"),
     "unreadable data": ("passes:\n  - rtn: {}\nevaluate: {perplexity: {source: /nonexistent/data.txt}}\n", {}, "data source '/nonexistent/data.txt': no such file"),

@@ -33,7 +33,7 @@ def test_bare_pass_name_is_accepted():
     ("passes:\n  - nosuch: {}\n", "pass 'nosuch' is unknown; allowed: "),
     ("passes:\n  - rtn: {bitz: 4}\n", "option 'bitz' is unknown; allowed: targets, ignore, bits"),
     ("passes:\n  - rtn: {bits: four}\n", "option 'bits': expected int, got 'four'"),
-    ("passes:\n  - rtn: {bits: 5}\n", "option 'bits' = 5 is not allowed; allowed: 4, 8"),
+    ("passes:\n  - rtn: {bits: 5}\n", "option 'bits' = 5 is not allowed; allowed: 3, 4, 8"),
     ("passes:\n  - rtn: {symmetric: 1}\n", "option 'symmetric': expected bool"),
     ("passes: []\n", "passes: expected a non-empty list"),
     ("pases:\n  - rtn: {}\n", "key 'pases' is unknown; allowed: model, calibration, passes, evaluate"),
@@ -86,8 +86,8 @@ def test_overrides_are_typed_and_validated():
                              "evaluate.perplexity.max_windows=3", "model=foo"])
     assert r2.steps[0].config.bits == 4 and r2.steps[0].config.group_size == 64
     assert r2.calibration.samples == 16 and r2.evaluate.perplexity.max_windows == 3 and r2.model == "foo"
-    with pytest.raises(RecipeError, match=r"^--set rtn.bits=3: .*'bits' = 3 is not allowed"):
-        apply_overrides(r, ["rtn.bits=3"])
+    with pytest.raises(RecipeError, match=r"^--set rtn.bits=5: .*'bits' = 5 is not allowed"):
+        apply_overrides(r, ["rtn.bits=5"])
     with pytest.raises(RecipeError, match="no pass 'gptq' in the recipe"):
         apply_overrides(r, ["gptq.bits=4"])
     with pytest.raises(RecipeError, match="expected KEY=VALUE"):

@@ -24,11 +24,13 @@ class QuantSpec:
         return 2**self.bits - 1
 
     def group_for(self, in_features: int) -> int:
-        """The effective group size for a layer: per channel = the whole row, one zero column added for 4 bits
-        when K is odd (two codes per byte; a zero never widens a range that includes 0), e.g. after pruning."""
+        """The effective group size for a layer: per channel = the whole row, zero columns added up to whole
+        bytes of codes (4 bits: K even, two per byte; 3 bits: K a multiple of 8, eight per three bytes; a zero
+        never widens a range that includes 0), e.g. after pruning."""
         if self.group_size != -1:
             return self.group_size
-        return in_features + (in_features % 2 if self.bits == 4 else 0)
+        per = {4: 2, 3: 8}.get(self.bits, 1)
+        return -(-in_features // per) * per
 
     def padded_in(self, in_features: int) -> int:
         """K rounded up to a whole number of groups (e.g. 576 → 640 for group 128)."""

@@ -92,6 +92,10 @@ def check(model: nn.Module) -> None:
     _ct()
     for name, mod in model.named_modules():
         if isinstance(mod, QuantLinear):
+            if mod.qspec.bits not in (4, 8):
+                raise CompressError(f"export --format {FMT}: {name} has {mod.qspec.bits}-bit codes; this export "
+                                    "writes 4 or 8 bits (what vLLM's and transformers' loaders run); quantize with "
+                                    "bits 4 or 8, or export with --format dense")
             _whole_groups(name, mod)
         elif isinstance(mod, PackedLinear):
             _refuse(name, mod)

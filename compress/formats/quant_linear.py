@@ -1,7 +1,8 @@
-"""Weight-only integer quantization, really packed: int8 bytes, or two int4 codes per byte.
+"""Weight-only integer quantization, really packed: int8 bytes, two int4 codes per byte, or eight int3 codes in three bytes.
 
 Buffers: `qweight` (int8 [N, Kp] for 8 bits, codes shifted by -128; uint8 [N, Kp/2] for 4 bits,
-low nibble = even column), `scales` [N, G] and, when asymmetric, integer-valued `zeros` [N, G] in
+low nibble = even column; uint8 [N, 3·Kp/8] for 3 bits, which always compute through the
+dequantizing path), `scales` [N, G] and, when asymmetric, integer-valued `zeros` [N, G] in
 the compute dtype. Kp is K padded to whole groups (zeros beyond K never meet an input).
 
 That portable layout is what checkpoints and `state_dict()` hold. In memory an int4 module keeps
@@ -25,19 +26,30 @@ KERNEL_LAYOUTS = {"cpu": "cpu_int4", "cuda": "cuda_tinygemm"}  # int4 layout per
 
 
 def pack_codes(q: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 codes [N, K] → storage: int8 (q - 128) for 8 bits, two nibbles per byte for 4 bits."""
+    """uint8 codes [N, K] → storage: int8 (q - 128) for 8 bits, two nibbles per byte for 4 bits, and for
+    3 bits eight codes in three bytes (code i of each eight at bits 3i..3i+2 of a little-endian 24-bit word)."""
     if bits == 8:
         return (q.to(torch.int16) - 128).to(torch.int8)
     if bits == 4:
         q = q.to(torch.uint8)
         return q[:, 0::2] | (q[:, 1::2] << 4)
-    raise ValueError(f"bits={bits}: packed storage exists for 4 and 8")
+    if bits == 3:
+        n, k = q.shape
+        shifts = 3 * torch.arange(8, dtype=torch.int32, device=q.device)
+        word = (q.to(torch.int32).reshape(n, k // 8, 8) << shifts).sum(-1)
+        return torch.stack([word & 0xFF, (word >> 8) & 0xFF, word >> 16], dim=-1).reshape(n, k * 3 // 8).to(torch.uint8)
+    raise ValueError(f"bits={bits}: packed storage exists for 3, 4 and 8")
 
 
 def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """Inverse of `pack_codes`: uint8 codes [N, K]."""
     if bits == 8:
         return (packed.to(torch.int16) + 128).to(torch.uint8)
+    if bits == 3:
+        b = packed.to(torch.int32).reshape(packed.shape[0], -1, 3)
+        word = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
+        return ((word.unsqueeze(-1) >> (3 * torch.arange(8, dtype=torch.int32, device=packed.device))) & 7
+                ).reshape(packed.shape[0], -1).to(torch.uint8)
     lo, hi = packed & 0x0F, packed >> 4
     return torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1)
 
@@ -54,7 +66,7 @@ class QuantLinear(PackedLinear):
         self.in_features, self.out_features, self.qspec = in_features, out_features, spec
         kp = spec.padded_in(in_features)
         groups = kp // spec.group_for(in_features)
-        cols = kp if spec.bits == 8 else kp // 2
+        cols = {8: kp, 4: kp // 2, 3: kp * 3 // 8}[spec.bits]
         store = torch.int8 if spec.bits == 8 else torch.uint8
         self.register_buffer("qweight", torch.zeros(out_features, cols, dtype=store))
         self.register_buffer("scales", torch.zeros(out_features, groups, dtype=dtype))
@@ -187,14 +199,14 @@ def dequant_weight(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Ten
     """[N, K] weight in `dtype` straight from the stored buffers (`layout` "codes": int4 codes already unpacked):
     a pure function, so the prefill path can compile it into one loop. (q − z) is exact in bf16, so there is
     one rounding, as in fp32 math then a cast."""
-    unpack = {"cpu_int4": int4_layout.cpu_unpack, "codes": lambda c: c}.get(layout, lambda p: unpack_codes(p, 4))
+    unpack = {"cpu_int4": int4_layout.cpu_unpack, "codes": lambda c: c}.get(layout, lambda p: unpack_codes(p, bits))
     codes = qweight if bits == 8 else unpack(qweight)
     n, kp = codes.shape
     q = codes.view(n, kp // group, group).to(dtype)
     if bits == 8:  # stored q - 128: the symmetric zero (128) is already subtracted, an asymmetric one is z - 128
         q = q if zeros is None else q - (zeros.to(dtype).unsqueeze(-1) - 128)
     else:
-        q = q - (zeros.to(dtype).unsqueeze(-1) if zeros is not None else 8)
+        q = q - (zeros.to(dtype).unsqueeze(-1) if zeros is not None else 2 ** (bits - 1))
     return (q * scales.to(dtype).unsqueeze(-1)).view(n, kp)[:, :in_features]
 
 

@@ -18,7 +18,7 @@ from compress.select import select_modules, set_module
 class GridConfig(PassConfig):
     """The integer grid options every quantizing pass shares (awq: the grid of the quantizer that follows)."""
 
-    bits: int = option(4, "bits per weight", choices=(4, 8))
+    bits: int = option(4, "bits per weight (3: packed, computed through the dequantizing path)", choices=(3, 4, 8))
     group_size: int = option(128, "weights per scale along the input dim; -1 = one scale per output channel", choices=(-1, 32, 64, 128, 256))
     symmetric: bool = option(False, "symmetric grid (no zero point); false stores an integer zero point per group")
 
@@ -28,7 +28,7 @@ class GridConfig(PassConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class RTNConfig(GridConfig):
-    bits: int = option(8, "bits per weight", choices=(4, 8))
+    bits: int = option(8, "bits per weight (3: packed, computed through the dequantizing path)", choices=(3, 4, 8))
     group_size: int = option(-1, "weights per scale along the input dim; -1 = one scale per output channel", choices=(-1, 32, 64, 128, 256))
     symmetric: bool = option(True, "symmetric grid (no zero point); false stores an integer zero point per group")
     clip_search: bool = option(False, "MSE-searched group ranges (shrink min/max while the rounding error drops)")

@@ -211,6 +211,7 @@ REFUSED = {  # name: (passes, make_model kwargs, words in the one-line error)
     "mixed-asym": ([{"rtn": {"bits": 4, "group_size": 32, **ASYM, "targets": ["*.mlp.*"]}},
                     {"rtn": {"bits": 8, "group_size": -1, **SYM, "targets": ["*.self_attn.*"]}}], {},
                    "same bits/group_size/symmetric"),
+    "int3": ([{"rtn": {"bits": 3, "group_size": 32, **ASYM}}], {}, "model.layers.0.self_attn.q_proj has 3-bit codes"),
 }
 
 

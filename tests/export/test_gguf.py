@@ -202,6 +202,8 @@ def test_groups_that_do_not_tile_blocks_are_refused():
         with pytest.raises(compress.CompressError, match=f"x.q_proj has {words}.*multiple of 32"):
             quant_type("x.q_proj", QuantLinear(96, 8, spec))
     assert quant_type("x", QuantLinear(96, 8, QuantSpec(4, 32, False))).name == "Q4_1"
+    with pytest.raises(compress.CompressError, match="x.q_proj has 3-bit codes; GGUF blocks hold 4"):
+        quant_type("x.q_proj", QuantLinear(96, 8, QuantSpec(3, 32, False)))
 
 
 def test_other_architectures_and_layouts_are_refused():

@@ -46,7 +46,8 @@ def test_layer0_q_proj_equals_gptq_on_captured_inputs(tokenizer, text_file):
     assert (got.codes() != ref.codes).float().mean() < 0.01  # float-order differences only
 
 
-@pytest.mark.parametrize("q", [{"bits": 4, "group_size": 32}, {"bits": 4, "group_size": -1}, {"bits": 8, "group_size": -1, "symmetric": True}])
+@pytest.mark.parametrize("q", [{"bits": 4, "group_size": 32}, {"bits": 4, "group_size": -1}, {"bits": 8, "group_size": -1, "symmetric": True},
+                               {"bits": 3, "group_size": 32}])
 def test_beats_rtn_and_stores_packed(q, tokenizer, text_file):
     ref = make_model()
     g = run([{"gptq": q}], make_model(), tokenizer, text_file).model
@@ -71,7 +72,7 @@ def test_mixed_precision_and_checkpoint_roundtrip(tokenizer, text_file, tmp_path
 
 def test_bad_options_are_one_line_errors(tokenizer, text_file):
     with pytest.raises(CompressError, match="gptq.*bits"):
-        run([{"gptq": {"bits": 3}}], make_model(), tokenizer, text_file)
+        run([{"gptq": {"bits": 5}}], make_model(), tokenizer, text_file)
     with pytest.raises(CompressError, match="damp"):
         run([{"gptq": {"damp": 2.0}}], make_model(), tokenizer, text_file)
     with pytest.raises(CompressError, match="matches no module"):

@@ -86,7 +86,8 @@ def _onload_non_layers(model: nn.Module, device: torch.device) -> list[tuple[nn.
     return moved
 
 
-def _hidden(out: Any) -> torch.Tensor:
+def hidden_states(out: Any) -> torch.Tensor:
+    """The hidden states of a decoder layer's output (a tensor, or a tuple that starts with one)."""
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -105,7 +106,7 @@ def run_layerwise(model: nn.Module, ids: torch.Tensor, algo: LayerAlgorithm, dev
         for h in inputs:
             layer(h.to(device), **kwargs)
         algo.finish(i, layer)
-        inputs = [_hidden(layer(h.to(device), **kwargs)).to(h.device) for h in inputs]
+        inputs = [hidden_states(layer(h.to(device), **kwargs)).to(h.device) for h in inputs]
         layer.to(home)
 
 

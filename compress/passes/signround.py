@@ -14,7 +14,7 @@ from compress.algorithms.rtn import rtn_quantize
 from compress.algorithms.signround import SignRoundLinear, sign_step
 from compress.context import Context
 from compress.formats.base import PackedLinear, refuse_packed
-from compress.layerwise import decoder_layers, run_layerwise
+from compress.layerwise import decoder_layers, hidden_states, run_layerwise
 from compress.passes._layer_state import LayerState, tokens_digest
 from compress.passes.rtn import GridConfig, quantize_linear
 from compress.registry import option, register_pass
@@ -34,10 +34,6 @@ class SignRoundConfig(GridConfig):
     def check(self) -> None:
         if self.resume and not self.state_dir:
             raise ValueError("option 'resume' needs 'state_dir' (where the finished layers are kept)")
-
-
-def _hidden(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 class SignRoundLayers:
@@ -65,7 +61,7 @@ class SignRoundLayers:
 
     def _grab(self, _mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
         self.inputs.append(args[0] if args else kwargs["hidden_states"])
-        self.targets.append(_hidden(out))
+        self.targets.append(hidden_states(out))
         if not self.kwargs:
             self.kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
 
@@ -107,7 +103,7 @@ class SignRoundLayers:
     def _loss(self, layer: nn.Module) -> float:
         """Mean squared error of the layer's output over every recorded window."""
         with torch.no_grad():
-            errs = [F.mse_loss(_hidden(layer(h, **self.kwargs)).float(), t.float()).item()
+            errs = [F.mse_loss(hidden_states(layer(h, **self.kwargs)).float(), t.float()).item()
                     for h, t in zip(self.inputs, self.targets)]
         return sum(errs) / len(errs)
 
@@ -124,7 +120,7 @@ class SignRoundLayers:
                 pick = torch.randperm(len(self.inputs), generator=gen)[: cfg.batch].tolist()
                 h = torch.cat([self.inputs[i] for i in pick])
                 t = torch.cat([self.targets[i] for i in pick])
-                loss = F.mse_loss(_hidden(layer(h, **self.kwargs)).float(), t.float())
+                loss = F.mse_loss(hidden_states(layer(h, **self.kwargs)).float(), t.float())
                 if loss.item() < best_loss:
                     best_loss, best = loss.item(), [p.detach().clone() for p in params]
                     bar.set_postfix(best_loss=f"{best_loss:.3g}", refresh=False)

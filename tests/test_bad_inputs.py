@@ -218,6 +218,9 @@ CASES = [
     distill_state("distill state: another run's settings", good_state, "holds a run with other settings", "--set", "distill.lr=0.001"),
     distill_state("distill state: another model", good_state, "was saved for another model", model="{other}"),
     distill_state("distill state: not a state", plain_state([1, 2, 3]), "is not a distill resume state"),
+    case("distill state: the recipe now prunes first", ("run", "d.yaml", "--model", "{tiny}", "--device", "cpu", "-q"), 2,
+         "was saved for other pruned modules", setup=good_state,
+         files={"d.yaml": "passes:\n  - magnitude: {{sparsity: 0.5}}\n" + DISTILL.removeprefix("passes:\n")}),
     # eval / inspect / fetch -------------------------------------------------------------------------------------------------
     case("eval: missing model", ("eval", "/nonexistent/m", "--data", "{text}"), 2, "path not found"),
     case("eval: missing data", ("eval", "{tiny}", "--data", "/nonexistent/d.txt"), 2, "no such file"),

@@ -132,11 +132,18 @@ def _trainable(student: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in student.named_parameters() if p.requires_grad}
 
 
+def _fixed(student: nn.Module) -> dict[str, torch.Tensor]:
+    """Frozen buffers that give the trained weights their meaning (a pruned module's mask), by name:
+    each module lists them in `resume_buffers`. Saved with the state and checked on resume."""
+    return {f"{n}.{b}": getattr(m, b) for n, m in student.named_modules() for b in getattr(m, "resume_buffers", ())}
+
+
 def save_state(path: Path, step: int, rows: list, s: TrainSettings, student: nn.Module, opt: Any, sched: Any) -> None:
     """Write the resume state atomically (a crash mid-write leaves the previous state intact)."""
     path.mkdir(parents=True, exist_ok=True)
     state = {"step": step, "rows": rows, "fingerprint": json.dumps(s.fingerprint(), sort_keys=True),
              "trainable": {n: p.detach().cpu() for n, p in _trainable(student).items()},
+             "fixed": {n: b.detach().cpu() for n, b in _fixed(student).items()},
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
     tmp = path / (STATE_FILE + ".tmp")
     torch.save(state, tmp)
@@ -157,6 +164,7 @@ def load_state(path: Path, s: TrainSettings, student: nn.Module, opt: Any, sched
                                     f"with the same options, or")
     params = _trainable(student)
     _check_shapes(f, s.where, params, state["trainable"])
+    _check_fixed(f, s.where, _fixed(student), state.get("fixed", {}))
     try:
         with torch.no_grad():
             for n, p in params.items():
@@ -197,6 +205,19 @@ def _check_shapes(f: Path, where: str, params: dict[str, nn.Parameter], saved: A
         if not isinstance(saved[n], torch.Tensor) or tuple(saved[n].shape) != tuple(p.shape):
             got = tuple(saved[n].shape) if isinstance(saved[n], torch.Tensor) else type(saved[n]).__name__
             raise _unusable(f, where, f"was saved for another model ({n} is {got} there, {tuple(p.shape)} here);")
+
+
+def _check_fixed(f: Path, where: str, now: dict[str, torch.Tensor], saved: Any) -> None:
+    """The pruned modules' masks must be those the saved weights were trained under: a different one
+    means the passes before distill changed, and continuing would give a model of neither run."""
+    if not isinstance(saved, dict) or set(now) != set(saved):
+        raise _unusable(f, where, "was saved for other pruned modules (a sparse module is dense, or the other way "
+                                  "round, in one of the two runs);")
+    for n, b in now.items():
+        old = saved[n]
+        if not isinstance(old, torch.Tensor) or old.shape != b.shape or not torch.equal(old, b.detach().cpu()):
+            raise _unusable(f, where, f"was trained under another sparsity mask for {n.removeprefix('model.').rsplit('.', 1)[0]} (the "
+                                      f"pruning before distill changed);")
 
 
 def _unusable(f: Path, where: str, problem: str) -> CompressError:

@@ -2,7 +2,8 @@
 
 The teacher is the model as it was before the recipe's passes (the core keeps a frozen copy) or a
 model named in the recipe. Packed int modules among the trained ones are trained quantization-aware
-(fake-quantized on their own grid, straight-through gradients) and packed back at the end.
+(fake-quantized on their own grid, straight-through gradients) and packed back at the end; pruned
+(SparseLinear) modules train with their mask held fixed and are stored back under the same mask.
 """
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ from compress.context import Context
 from compress.distill.data import TEACHER, eval_split_reason, split_holdout, teacher_windows, text_windows
 from compress.distill.layers import DistillStudent, auto_layer_map
 from compress.distill.qat import pack_after_training, unpack_for_training
+from compress.distill.sparse_train import pack_sparse_after_training, unpack_sparse_for_training
 from compress.distill.trainer import TrainSettings, train
 from compress.errors import CompressError
-from compress.formats.base import refuse_packed
 from compress.formats.quant_linear import QuantLinear
-from compress.formats.sparse import SparseLinear
 from compress.layerwise import decoder_layers
 from compress.models import compute_dtype, load_model
 from compress.registry import PassConfig, option, register_pass
@@ -30,7 +30,7 @@ LOSSES = ("kl", "ce", "hidden")
 
 @dataclass(frozen=True, kw_only=True)
 class DistillConfig(PassConfig):
-    targets: tuple[str, ...] = option((), "linear or packed int modules whose weights train (fnmatch); empty = every linear (embeddings and norms stay frozen)")
+    targets: tuple[str, ...] = option((), "linear, packed int or sparse modules whose weights train (fnmatch; sparse ones keep their mask); empty = every linear (embeddings and norms stay frozen)")
     teacher: str | None = option(None, "teacher model (path, checkpoint or alias); none = the model before the recipe's passes")
     data: str = option("wikitext2-valid", "training text: a text source (never wikitext2-test) or 'teacher' for text sampled from the teacher")
     teacher_samples: int = option(256, "sequences sampled from the teacher when data is 'teacher'", min=2)
@@ -144,15 +144,15 @@ def _candidates(model: nn.Module) -> dict[str, nn.Module]:
 
 @register_pass("distill", DistillConfig, needs_teacher=True)
 def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> nn.Module:
-    """Knowledge distillation from the original (or a named) model; int modules train quantization-aware."""
+    """Knowledge distillation from the original (or a named) model; int modules train quantization-aware,
+    sparse modules with their mask fixed."""
     teacher = _teacher(cfg, ctx, model)
     chosen = select_modules(model, cfg.targets, cfg.ignore, ctx.where, candidates=_candidates(model))
-    refuse_packed(chosen, ctx.where, (SparseLinear,), "distill cannot keep unstructured zeros yet: distill "
-                  "before the pruning pass, or add the sparse modules to `ignore`")
     store = next(model.parameters()).dtype
     for p in model.parameters():
         p.requires_grad_(False)
     qat = unpack_for_training(model, chosen, _latent_weights(teacher, chosen))
+    masked = unpack_sparse_for_training(model, chosen)
     for name in chosen:
         for p in model.get_submodule(name).parameters():
             p.requires_grad_(True)
@@ -162,6 +162,7 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> nn.Module:
     student = DistillStudent(model, layer_map, model.config.hidden_size, teacher.config.hidden_size)
     result = train(student, teacher, train_w, eval_w, cfg.settings(ctx.progress, ctx.where), ctx.device)
     pack_after_training(model, list(qat), store)
+    pack_sparse_after_training(model, list(masked))
     for p in model.parameters():
         p.requires_grad_(False)
         p.data = p.data.to(store)
@@ -169,6 +170,7 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> nn.Module:
     losses = [r["loss"] for r in result.rows if "loss" in r]
     ctx.stats.update({
         "steps": cfg.steps, "resumed_from": result.start_step, "trained_modules": len(chosen), "qat_modules": len(qat),
+        "sparse_modules": len(masked),
         "layer_map": layer_map, "train_windows": int(train_w.shape[0]), "tokens": result.tokens,
         "tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds > 0 else None,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,

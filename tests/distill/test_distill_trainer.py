@@ -1,4 +1,5 @@
-"""The trainer: a resumed run ends with exactly the weights of an uninterrupted one; logs are written."""
+"""The trainer: a resumed run ends with exactly the weights of an uninterrupted one (sparse students
+included, whose masks the state keeps and checks); logs are written."""
 from __future__ import annotations
 
 import csv
@@ -7,9 +8,12 @@ import json
 import pytest
 import torch
 
+from compress.algorithms.masks import matrix_mask, nm_mask
 from compress.distill.layers import DistillStudent
+from compress.distill.sparse_train import MaskedLinear, unpack_sparse_for_training
 from compress.distill.trainer import TrainSettings, train
 from compress.errors import CompressError
+from compress.formats.sparse import SparseLinear
 from conftest import make_model
 
 CPU = torch.device("cpu")
@@ -19,11 +23,24 @@ class Interrupt(Exception):
     pass
 
 
-def setup() -> tuple[DistillStudent, torch.nn.Module, torch.Tensor, torch.Tensor]:
+def prune(model: torch.nn.Module, pattern: str | None) -> None:
+    """Every decoder linear → SparseLinear (2:4 or 50% by magnitude), then swapped for mask-fixed training."""
+    chosen = {n: m for n, m in model.named_modules() if ".layers." in n and isinstance(m, torch.nn.Linear)}
+    for name, lin in chosen.items():
+        w = lin.weight.detach()
+        keep = nm_mask(w.abs(), 2, 4) if pattern == "2:4" else matrix_mask(w.abs(), 0.5)
+        model.set_submodule(name, SparseLinear.from_dense(w * keep, lin.bias, pattern))
+    unpack_sparse_for_training(model, {n: model.get_submodule(n) for n in chosen})
+
+
+def setup(sparse: str | None = None) -> tuple[DistillStudent, torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """sparse: None (dense student), '2:4' or '50%' (pruned student, mask-fixed)."""
     teacher = make_model(layers=2, seed=1)
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = make_model(layers=1, seed=2)
+    if sparse:
+        prune(student, "2:4" if sparse == "2:4" else None)
     g = torch.Generator().manual_seed(0)
     windows = torch.randint(0, 300, (20, 16), generator=g)
     return DistillStudent(student, {0: 1}, 64, 64), teacher, windows[:18], windows[18:]
@@ -35,12 +52,13 @@ def settings(state_dir, **kw) -> TrainSettings:
     return TrainSettings(**{**base, **kw})
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path):
-    s, t, tr, ev = setup()
+@pytest.mark.parametrize("sparse", [None, "2:4"])
+def test_resume_matches_an_uninterrupted_run(tmp_path, sparse):
+    s, t, tr, ev = setup(sparse)
     full = train(s, t, tr, ev, settings(tmp_path / "a"), CPU)
     ref = {n: p.detach().clone() for n, p in s.named_parameters()}
 
-    s2, t2, _, _ = setup()
+    s2, t2, _, _ = setup(sparse)
 
     def stop(step: int) -> None:
         if step == 3:  # one step after the state at step 2 was saved: that step is redone
@@ -48,12 +66,17 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 
     with pytest.raises(Interrupt):
         train(s2, t2, tr, ev, settings(tmp_path / "b"), CPU, on_step=stop)
-    s3, t3, _, _ = setup()  # a fresh process rebuilds the student from scratch, then resumes
+    s3, t3, _, _ = setup(sparse)  # a fresh process rebuilds the student from scratch, then resumes
     resumed = train(s3, t3, tr, ev, settings(tmp_path / "b", resume=True), CPU)
     assert resumed.start_step == 2
     for n, p in s3.named_parameters():
         assert torch.equal(p, ref[n]), n
-    assert not torch.equal(ref["model.model.layers.0.mlp.up_proj.weight"], setup()[0].model.model.layers[0].mlp.up_proj.weight)
+    up = "model.model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(ref[up], setup(sparse)[0].model.model.layers[0].mlp.up_proj.weight)
+    masked = [m for m in s3.modules() if isinstance(m, MaskedLinear)]
+    assert len(masked) == (7 if sparse else 0)
+    for m in masked:  # the pruned latents never moved from zero, through the save and the resume
+        assert not m.weight[~m.keep].any()
     assert [r.get("loss") for r in resumed.rows] == [r.get("loss") for r in full.rows]
 
     rows = json.loads((tmp_path / "b" / "log.json").read_text())
@@ -72,6 +95,19 @@ def test_resume_refuses_other_settings(tmp_path):
     s2, t2, _, _ = setup()
     with pytest.raises(CompressError, match="other settings"):
         train(s2, t2, tr, ev, settings(tmp_path, steps=2, lr=1e-3, resume=True), CPU)
+
+
+@pytest.mark.parametrize("saved, now, words", [
+    ("2:4", "50%", "another sparsity mask for model.layers.0.self_attn.q_proj"),
+    (None, "2:4", "other pruned modules"),
+])
+def test_resume_refuses_another_mask(tmp_path, saved, now, words):
+    """Same shapes, same trainable names: only the kept masks tell that the pruning before changed."""
+    s, t, tr, ev = setup(saved)
+    train(s, t, tr, ev[:0], settings(tmp_path, steps=1), CPU)
+    s2, t2, _, _ = setup(now)
+    with pytest.raises(CompressError, match=words):
+        train(s2, t2, tr, ev[:0], settings(tmp_path, steps=1, resume=True), CPU)
 
 
 def test_hidden_loss_trains_through_activation_checkpointing(tmp_path):

@@ -1,5 +1,6 @@
-"""The `distill` pass end to end on tiny models: a depth-pruned student and an int4 student recover
-perplexity from a teacher that knows the text; bad options are one-line errors."""
+"""The `distill` pass end to end on tiny models: a depth-pruned student, an int4 student and sparse
+(50% and 2:4) students recover perplexity from a teacher that knows the text, the sparse ones with
+their masks held fixed; bad options are one-line errors."""
 from __future__ import annotations
 
 import copy
@@ -9,10 +10,14 @@ import torch
 import torch.nn.functional as F
 
 import compress
+from compress.algorithms.masks import is_nm
 from compress.data import tokenize
+from compress.distill.data import split_holdout, text_windows
+from compress.distill.trainer import held_out_perplexity
 from compress.errors import CompressError, RecipeError
 from compress.eval.perplexity import perplexity
 from compress.formats.quant_linear import QuantLinear
+from compress.formats.sparse import SparseLinear
 from compress.recipe import recipe_from_dict
 from conftest import TEXT, make_model
 
@@ -100,6 +105,44 @@ def test_int4_student_trains_quantization_aware_and_stays_packed(teacher, tokeni
     ids = torch.randint(0, 300, (1, 16))
     with torch.no_grad():
         assert torch.equal(res.model(ids).logits, compress.load(tmp_path / "ckpt", device="cpu", dtype=torch.float32)(ids).logits)
+
+
+def sparse_modules(model) -> dict[str, SparseLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, SparseLinear)}
+
+
+@pytest.mark.parametrize("prune", [{"sparsity": 0.5}, {"pattern": "2:4"}], ids=["50%", "2:4"])
+def test_sparse_student_trains_with_its_mask_fixed(prune, teacher, teacher_dir, tokenizer, text_file, tmp_path):
+    pruned = compress.run({"passes": [{"magnitude": prune}]}, copy.deepcopy(teacher), progress=False).model
+    before = {n: (m.mask.clone(), m.dense_weight().clone(), m.pattern) for n, m in sparse_modules(pruned).items()}
+    assert len(before) == 3 * 7
+    step = distill_step(teacher=str(teacher_dir), data=str(text_file), state_dir=str(tmp_path / "s"))
+    res = compress.run({"passes": [step]}, copy.deepcopy(pruned), tokenizer=tokenizer, device="cpu", progress=False,
+                       out=tmp_path / "ckpt")
+    after = sparse_modules(res.model)
+    assert set(after) == set(before) and res.report["passes"][0]["sparse_modules"] == 21
+    for name, (mask, w, pattern) in before.items():
+        got = after[name]
+        assert torch.equal(got.mask, mask) and got.pattern == pattern, name  # the very same kept set
+        dense = got.dense_weight()
+        assert not dense[~got.keep_mask()].any(), name  # pruned positions exactly zero
+        assert not torch.equal(dense, w), name  # the kept weights trained
+        if pattern:
+            assert is_nm(got.keep_mask(), 2, 4), name
+    stats = res.report["passes"][0]
+    assert stats["heldout_ppl_after"] < stats["heldout_ppl_before"]
+    # what the trainer measured on its last step is what was packed (a mask dropped in training is not)
+    _, held_out = split_holdout(text_windows(str(text_file), tokenizer, SEQ), 2)
+    assert held_out_perplexity(res.model, held_out, torch.device("cpu"), 4) == pytest.approx(stats["heldout_ppl_after"], rel=1e-5)
+    loaded = sparse_modules(compress.load(tmp_path / "ckpt", device="cpu", dtype=torch.float32))
+    assert {n: m.values.numel() for n, m in loaded.items()} == {n: m.values.numel() for n, m in sparse_modules(pruned).items()}
+    assert all(torch.equal(m.mask, before[n][0]) and m.pattern == before[n][2] for n, m in loaded.items())
+    # resuming the finished run on a freshly pruned copy: the saved state (masks included) is taken as is
+    resumed = compress.run({"passes": [{"distill": {**step["distill"], "resume": True}}]}, copy.deepcopy(pruned),
+                           tokenizer=tokenizer, device="cpu", progress=False)
+    assert resumed.report["passes"][0]["resumed_from"] == 12
+    for name, m in sparse_modules(resumed.model).items():
+        assert torch.equal(m.mask, after[name].mask) and torch.equal(m.values, after[name].values), name
 
 
 @pytest.mark.parametrize("opts, match", [

@@ -3,6 +3,7 @@
 | device | format | M | kernel |
 | cpu | int8 per-channel sym, K % 16 = 0 | ≤ CPU_INT8PACK_MAX_M | aten `_weight_int8pack_mm` (bf16) |
 | cpu | int4 in layout cpu_int4 | ≤ CPU_INT4PACK_MAX_M | aten `_weight_int4pack_mm_for_cpu` (bf16) |
+| cpu | int4 in layout cpu_int4, bf16 x and scales, C compiler | larger | Wᵀ from a C unpack (`native`), dense matmul |
 | cuda | int4 in layout cuda_tinygemm | ≤ 16 | aten `_weight_int4pack_mm` (tinygemm, bf16) |
 | cuda | int8, triton installed | ≤ 16 | Triton fused dequant-GEMM (`triton_int8`) |
 | any | any | any other | dequantize to x's dtype, dense matmul (cuBLAS for prefill) |
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
-from compress.kernels import triton_int8
+from compress.kernels import native, triton_int8
 from compress.kernels.int4_tinygemm import KERNEL_DTYPE, int4_tinygemm
 
 if TYPE_CHECKING:
@@ -94,19 +95,36 @@ def dequant(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
     return F.linear(x2d, w)
 
 
+def int4_kn_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
+    """Prefill-sized int4 calls: Wᵀ unpacked in C straight from the kernel's layout and table (with bf16 scales
+    bit-equal to `dequant`'s weight, in a third of its unpack time), then one dense bf16 matmul (other input
+    dtypes are cast around it, as for tinygemm). Nothing is kept between calls."""
+    kp = mod.qspec.padded_in(mod.in_features)
+    wt = native.int4_cpu_kn(mod.qweight, mod.sz, mod.out_features, kp)
+    return torch.mm(x2d.to(torch.bfloat16), wt[: mod.in_features]).to(x2d.dtype)
+
+
+def _native_int4(x2d_dtype: torch.dtype, mod: "QuantLinear") -> bool:
+    """`int4_kn_cpu` computes exactly what `dequant` does only from a bf16 table of bf16 scales."""
+    return (mod.layout == "cpu_int4" and x2d_dtype == torch.bfloat16 and mod.scales.dtype == torch.bfloat16
+            and native.library() is not None)
+
+
 KERNELS: dict[str, Callable[[torch.Tensor, "QuantLinear"], torch.Tensor]] = {
     "int8pack_cpu": int8pack_cpu, "int4pack_cpu": int4_tinygemm, "tinygemm": int4_tinygemm,
-    "triton_int8": triton_int8.int8_triton, "dequant": dequant,
+    "triton_int8": triton_int8.int8_triton, "int4_kn_cpu": int4_kn_cpu, "dequant": dequant,
 }
 
 
-def choose_kernel(device: torch.device, m: int, mod: "QuantLinear") -> str:
-    """The name (in KERNELS) of the kernel for an [m, K] input on `device`."""
+def choose_kernel(device: torch.device, m: int, mod: "QuantLinear", dtype: torch.dtype = torch.bfloat16) -> str:
+    """The name (in KERNELS) of the kernel for an [m, K] input of `dtype` on `device`."""
     if device.type == "cpu":
         if _int8_per_channel_sym(mod) and m <= CPU_INT8PACK_MAX_M:
             return "int8pack_cpu"
         if mod.layout == "cpu_int4" and m <= CPU_INT4PACK_MAX_M:
             return "int4pack_cpu"
+        if _native_int4(dtype, mod):
+            return "int4_kn_cpu"
     elif device.type == "cuda" and m <= CUDA_SMALL_M:
         if mod.layout == "cuda_tinygemm":
             return "tinygemm"
@@ -118,7 +136,7 @@ def choose_kernel(device: torch.device, m: int, mod: "QuantLinear") -> str:
 def quant_linear(x: torch.Tensor, mod: "QuantLinear", kernel: str | None = None) -> torch.Tensor:
     """y = x · Wᵀ + b for a packed weight, on the best kernel for this call (or the one named)."""
     m = x.numel() // x.shape[-1]
-    name = kernel or choose_kernel(x.device, m, mod)
+    name = kernel or choose_kernel(x.device, m, mod, x.dtype)
     y = KERNELS[name](x.reshape(m, x.shape[-1]), mod).reshape(*x.shape[:-1], mod.out_features)
     return y if mod.bias is None else y + mod.bias.to(y.dtype)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compress.algorithms.grid import QuantSpec
-from compress.kernels import dispatch
+from compress.kernels import dispatch, native
 from compress.kernels.dispatch import choose_kernel, quant_linear
 from tests.kernels.quantized import build, check, make
 
@@ -24,6 +24,8 @@ def cpu_kernels(mod) -> list[str]:
         names.append("int8pack_cpu")
     if mod.layout == "cpu_int4":
         names.append("int4pack_cpu")
+        if native.library() is not None:
+            names.append("int4_kn_cpu")
     return names
 
 

@@ -1,0 +1,119 @@
+"""The C unpack behind int4 prefill on a CPU (`kernels/native.py`): its Wᵀ against (q − z)·s computed here from
+planted codes, its matmul against the unquantized weight, its thread split, its dispatch and its fallbacks."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compress.algorithms.grid import QuantSpec
+from compress.formats.quant_linear import QuantLinear
+from compress.kernels import dispatch, native
+from compress.kernels.dispatch import choose_kernel, quant_linear
+from tests.kernels.quantized import build, check
+
+CPU = torch.device("cpu")
+needs_cc = pytest.mark.skipif(native.library() is None, reason="no C compiler: the native kernels cannot be built")
+
+
+def planted(spec: QuantSpec, n: int, k: int, zero_group: bool = False) -> tuple[QuantLinear, torch.Tensor]:
+    """A bf16 module from random codes, bf16-valued scales and zeros; and its weight (q − z)·s in bf16 (one rounding)."""
+    g = torch.Generator().manual_seed(n * 7 + k)
+    kp = spec.padded_in(k)
+    groups = kp // spec.group_for(k)
+    q = torch.randint(0, 16, (n, kp), generator=g, dtype=torch.uint8)
+    s = (torch.rand(n, groups, generator=g) * 0.05 + 1e-3).bfloat16().float()
+    z = torch.full((n, groups), 8.0) if spec.symmetric else torch.randint(0, 16, (n, groups), generator=g).float()
+    if zero_group:
+        s[3, 0] = 0.0
+    mod = QuantLinear.from_codes(q, s, None if spec.symmetric else z, spec, k, None, torch.bfloat16)
+    grp = spec.group_for(k)
+    w = ((q.float() - z.repeat_interleave(grp, 1)) * s.repeat_interleave(grp, 1)).bfloat16()[:, :k]
+    return mod, w
+
+
+CASES = [  # (spec, N, K): full 64-row blocks, a partial last block, only a partial block, padded K, per channel
+    (QuantSpec(4, 64, False), 1536, 576), (QuantSpec(4, 32, True), 144, 576), (QuantSpec(4, -1, False), 16, 576),
+    (QuantSpec(4, 64, False), 64, 80), (QuantSpec(4, 128, False), 80, 1536),
+]
+
+
+@needs_cc
+@pytest.mark.parametrize("spec,n,k", CASES, ids=lambda c: str(c))
+def test_unpacked_weight_is_bit_equal_to_the_planted_one(spec, n, k):
+    mod, w = planted(spec, n, k, zero_group=True)
+    assert mod.layout == "cpu_int4"
+    wt = native.int4_cpu_kn(mod.qweight, mod.sz, n, spec.padded_in(k))
+    assert wt.dtype == torch.bfloat16 and wt.shape == (spec.padded_in(k), n)
+    assert torch.equal(wt[:k].t(), w)
+
+
+@needs_cc
+@pytest.mark.parametrize("spec", [QuantSpec(4, 64, False), QuantSpec(4, -1, True)], ids=str)
+def test_matmul_matches_the_unquantized_weight(spec):
+    case = build(spec, 144, 576)
+    mod = case.mod.to(torch.bfloat16)
+    case = case._replace(mod=mod)
+    x = torch.randn(96, 576, generator=torch.Generator().manual_seed(1))
+    assert choose_kernel(CPU, 96, mod, torch.bfloat16) == "int4_kn_cpu"
+    check(quant_linear(x, mod, "int4_kn_cpu"), x, case)
+
+
+@needs_cc
+def test_thread_split_gives_the_same_weight(monkeypatch):
+    mod, w = planted(QuantSpec(4, 64, False), 1536, 576)
+    monkeypatch.setattr(native, "SPLIT_MIN", 1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        wt = native.int4_cpu_kn(mod.qweight, mod.sz, 1536, 576)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(wt.t(), w)
+
+
+@needs_cc
+def test_dispatch_uses_it_only_where_it_equals_the_dequantizing_path():
+    mod, w = planted(QuantSpec(4, 64, False), 64, 576)
+    big = dispatch.CPU_INT4PACK_MAX_M + 1
+    assert choose_kernel(CPU, big, mod, torch.bfloat16) == "int4_kn_cpu"
+    assert choose_kernel(CPU, big, mod, torch.float32) == "dequant"  # fp32 activations: the fp32 path
+    assert choose_kernel(CPU, 1, mod, torch.bfloat16) == "int4pack_cpu"
+    fp32_scales = build(QuantSpec(4, 64, False), 64, 576).mod  # its bf16 table rounds the scales
+    assert choose_kernel(CPU, big, fp32_scales, torch.bfloat16) == "dequant"
+    x = torch.randn(2, big, 576).bfloat16()
+    assert torch.equal(quant_linear(x, mod), torch.mm(x.reshape(-1, 576), w.t().contiguous()).reshape(2, big, 64))
+
+
+@needs_cc
+def test_traces_into_one_graph():
+    mod, _ = planted(QuantSpec(4, 64, False), 64, 576)
+    x = torch.randn(128, 576).bfloat16()
+    compiled = torch.compile(lambda t: quant_linear(t, mod), fullgraph=True, backend="eager")
+    assert torch.equal(compiled(x), quant_linear(x, mod, "int4_kn_cpu"))
+
+
+@pytest.mark.parametrize("env", [{"COMPRESS_NATIVE": "0"}, {"CC": "/nonexistent/cc"}], ids=["disabled", "no-compiler"])
+def test_without_the_library_prefill_falls_back(monkeypatch, tmp_path, env):
+    monkeypatch.setattr(native, "_LIB", {})
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path))  # nothing cached: a build is needed
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.warns(RuntimeWarning, match="native CPU kernels unavailable") if "CC" in env else _no_warning():
+        assert native.library() is None
+    mod, w = planted(QuantSpec(4, 64, False), 64, 576)
+    assert choose_kernel(CPU, 128, mod, torch.bfloat16) == "dequant"
+    x = torch.randn(128, 576).bfloat16()
+    assert torch.equal(quant_linear(x, mod), torch.nn.functional.linear(x, w))
+    assert not list(tmp_path.rglob("*.tmp"))  # a failed build leaves no partial library
+
+
+class _no_warning:
+    def __enter__(self) -> None:
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc: object) -> None:
+        self._w.__exit__(*exc)

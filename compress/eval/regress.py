@@ -135,8 +135,17 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], tol: dict[str, fl
     return checks
 
 
+MEASURED_SETTINGS = ("data", "seq_len", "max_windows", "prefill", "batches", "prompt_len", "new_tokens", "decode_mode", "threads")
+
+
 def check_same_setup(baseline: dict[str, Any], current: dict[str, Any]) -> None:
-    """Ratios are only comparable on the same kind of device with the same base."""
+    """Ratios are only comparable on the same kind of device with the same base, measured the same way (a
+    `--current` report of another prefill length or thread count would be compared ratio by ratio, wrongly)."""
+    old, new = baseline.get("settings", {}), current.get("settings", {})
+    differ = [f"{k} {old[k]!r} vs {new[k]!r}" for k in MEASURED_SETTINGS if k in old and k in new and old[k] != new[k]]
+    if differ:
+        raise CompressError(f"regress: the current results were measured with other settings than the baseline "
+                            f"({'; '.join(differ)}); re-run bench with the baseline's settings, or omit --current")
     if baseline["env"].get("label") != current["env"].get("label"):
         raise CompressError(f"regress: baseline was measured on {baseline['env'].get('label')}, the current run on "
                             f"{current['env'].get('label')}; compare like with like (--device)")

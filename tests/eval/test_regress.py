@@ -144,3 +144,12 @@ def test_peak_memory_is_gated_on_cuda_only(label, gated):
     checks = compare(old, new, TOL)
     assert (("int4.yaml", "peak_memory_bytes ÷ base") in failed(checks)) == gated
     assert any(c.metric == "peak_memory_bytes ÷ base" for c in checks) == gated
+
+
+def test_current_results_measured_otherwise_are_refused():
+    from compress.eval.regress import check_same_setup
+
+    old = {**report(), "settings": {"prefill": [512], "threads": 1, "repeats": 5}}
+    check_same_setup(old, {**report(), "settings": {"prefill": [512], "threads": 1, "repeats": 3}})  # repeats: noise only
+    with pytest.raises(CompressError, match=r"other settings than the baseline \(prefill \[512\] vs \[2048\]; threads 1 vs 2\)"):
+        check_same_setup(old, {**report(), "settings": {"prefill": [2048], "threads": 2, "repeats": 5}})

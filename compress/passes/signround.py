@@ -88,6 +88,10 @@ class SignRoundLayers:
             self.loss_rtn += self._loss(layer)
             self._tune(index, layer, tuned)
             self.loss_tuned += self._loss(layer)
+        except BaseException:  # a NaN error, Ctrl-C: leave the in-memory model with its own linears, not our wrappers
+            for name, lin in self.per_layer[index].items():
+                set_module(self.model, name, lin)
+            raise
         finally:
             for p, flag in frozen:
                 p.requires_grad_(flag)

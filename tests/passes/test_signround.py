@@ -89,3 +89,20 @@ def test_a_damaged_resume_state_is_one_line(tokenizer, text_file, tmp_path):
     (tmp_path / "state" / "fingerprint.json").write_text("{broken")
     with pytest.raises(CompressError, match=r"fingerprint.json is unreadable"):
         run([{"signround": {**opts, "resume": True}}], make_model(), tokenizer, text_file)
+
+
+def test_a_failed_layer_leaves_its_own_linears_in_the_model(tokenizer, text_file, monkeypatch):
+    """A crash mid-layer (NaN error, Ctrl-C) must not leave tuning wrappers in a model the caller still holds."""
+    from compress.passes import signround as sr
+
+    def crash(self, index, layer, mods):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sr.SignRoundLayers, "_tune", crash)
+    model, ref = make_model(), make_model()
+    with pytest.raises(KeyboardInterrupt):
+        run([{"signround": {**Q, "iters": 2}}], model, tokenizer, text_file)
+    for name, mod in model.model.layers[0].named_modules():
+        assert not isinstance(mod, sr.SignRoundLinear), name
+    up, up_ref = model.model.layers[0].mlp.up_proj, ref.model.layers[0].mlp.up_proj
+    assert type(up) is torch.nn.Linear and torch.equal(up.weight, up_ref.weight)

@@ -1,4 +1,4 @@
-"""Perplexity, time and size of RTN / GPTQ / AWQ / SignRound on SmolLM2-135M (CPU), same windows for all.
+"""Perplexity, time and size of RTN / GPTQ / AWQ / SignRound (optionally after `rotate`) on SmolLM2-135M (CPU), same windows for all.
 
 python benchmarks/quant_smollm2.py --windows 4 --samples 32 --calib-seq 512 --out benchmarks/results/quant_smollm2_cpu.jsonl
 """
@@ -34,6 +34,20 @@ def variants(sr: dict) -> dict[str, list[dict]]:
         v[f"rtn-int3-g{g}"] = [{"rtn": q}]
         v[f"gptq-mse-int3-g{g}"] = [{"gptq": {**q, "clip_search": True}}]
         v[f"awq-gptq-mse-int3-g{g}"] = [{"awq": q}, {"gptq": {**q, "clip_search": True}}]
+    rot = {"rotate": {}}  # Hadamard residual + per-head value rotation, norms folded, head untied
+    v["rotate"] = [rot]  # no quantization: the cost of the bf16 rounding of the rotated weights
+    for tag, g in INT4.items():
+        q = {"bits": 4, "group_size": g, "symmetric": False}
+        v[f"rotate-rtn-{tag}"] = [rot, {"rtn": q}]
+        v[f"rotate-rtn-mse-{tag}"] = [rot, {"rtn": {**q, "clip_search": True}}]
+        v[f"rotate-gptq-{tag}"] = [rot, {"gptq": q}]
+        v[f"rotate-gptq-mse-{tag}"] = [rot, {"gptq": {**q, "clip_search": True}}]
+        v[f"rotate-awq-gptq-mse-{tag}"] = [rot, {"awq": q}, {"gptq": {**q, "clip_search": True}}]
+        v[f"rotate-gptq-mse-int8head-{tag}"] = [rot, {"gptq": {**q, "clip_search": True}},
+                                                {"rtn": {"bits": 8, "targets": ["lm_head"], "ignore": []}}]
+    q = {"bits": 4, "group_size": -1, "symmetric": False}
+    v["rotate-noheads-rtn-pc"] = [{"rotate": {"heads": False}}, {"rtn": q}]
+    v["rotate-random-rtn-pc"] = [{"rotate": {"kind": "random"}}, {"rtn": q}]
     return v
 
 

@@ -4,6 +4,7 @@ from compress.passes import distill  # noqa: F401
 from compress.passes import gptq  # noqa: F401
 from compress.passes import magnitude  # noqa: F401
 from compress.passes import prune_structured  # noqa: F401
+from compress.passes import rotate  # noqa: F401
 from compress.passes import rtn  # noqa: F401
 from compress.passes import signround  # noqa: F401
 from compress.passes import sparsegpt  # noqa: F401

@@ -1,0 +1,142 @@
+"""Eager, compiled and "max" (Inductor freezing + max-autotune) decode on this CPU, per model, beside the
+step's memory floor.
+
+    PYTHONPATH=. python benchmarks/compile_vs_eager.py smollm2@bf16 smollm2@fp32 out/int8 out/int4 \
+        --threads 1 --modes eager,compile,max --out benchmarks/results/compile_vs_eager_cpu.json
+
+Each (model, mode) gets its own copy of the model and a `StaticDecoder` (`compile` is the bench's
+default, `torch.compile(fullgraph=True)`; `max` also freezes the weights into the graph and lets
+Inductor pick its own GEMM templates, which costs build time and memory: the frozen graph holds its
+own prepacked weights, so the RSS growth is reported); rounds of 32 steps alternate between all of
+them (a neighbour's load hits every row alike) and tokens/s is the rate of the median step. The floor
+is the time to read the model's bytes once at the streaming read bandwidth measured here (sum over a
+1 GiB buffer): a batch-1 step reads every weight, so no compiler can beat it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+import compress
+from compress.eval import fast_decode
+from compress.eval.fast_decode import StaticDecoder
+from compress.eval.speed import memory_bytes
+from compress.models import load_model
+
+
+def load(spec: str) -> torch.nn.Module:
+    """`name@dtype` for a base model in that dtype, else a compressed checkpoint."""
+    if "@" in spec:
+        name, dt = spec.split("@")
+        return load_model(name, torch.device("cpu"), {"bf16": torch.bfloat16, "fp32": torch.float32}[dt])[0]
+    return compress.load(spec, device="cpu")
+
+
+PROMPT = ("The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest "
+          "structure in Paris. Its base is square, measuring 125 metres on each side. During its construction, the")
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Greedy tokens equal before the first difference (a mode that computes something else diverges at once)."""
+    diff = (a != b).flatten().nonzero()
+    return int(diff[0]) if len(diff) else a.numel()
+
+
+def rss_mib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+
+@contextlib.contextmanager
+def building(mode: str) -> Iterator[None]:
+    """Steps built inside use `mode`'s Inductor settings (`max`: freezing + max-autotune, set globally:
+    passed as compile options, freezing was not applied, torch 2.13)."""
+    if mode != "max":
+        yield
+        return
+    import torch._inductor.config as inductor
+
+    build = fast_decode.compile_step
+    fast_decode.compile_step = lambda fn, device: torch.compile(fn, mode="max-autotune-no-cudagraphs", fullgraph=True,
+                                                                dynamic=False)
+    try:
+        with inductor.patch(freezing=True):
+            yield
+    finally:
+        fast_decode.compile_step = build
+
+
+def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Bytes/s of a streaming read (sum of a large buffer, fastest of `repeats`)."""
+    buf = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        buf.sum()
+        best = min(best, time.perf_counter() - t)
+    return buf.numel() * 4 / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--modes", default="eager,compile", help="comma-separated: eager, compile, max")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    bw = read_bandwidth()
+    tok = load_model("smollm2", torch.device("cpu"), torch.float32)[1]
+    ids = tok(PROMPT, return_tensors="pt").input_ids[:, :32]
+    modes = a.modes.split(",")
+    decoders, sizes, grown, built, tokens = {}, {}, {}, {}, {}
+    with torch.no_grad():
+        for spec in a.models:
+            for mode in modes:
+                model = load(spec).eval()  # a copy per mode: a compiled step is cached per model
+                sizes[spec] = memory_bytes(model)
+                before = rss_mib()
+                dec = StaticDecoder(model, 32 + a.steps + 1, "eager" if mode == "eager" else "compile")
+                first = dec.prefill(ids)
+                t = time.perf_counter()
+                with building(mode):
+                    tokens[(spec, mode)] = dec.decode(first, 32, a.steps)  # builds the compiled step
+                built[(spec, mode)] = time.perf_counter() - t
+                grown[(spec, mode)] = rss_mib() - before
+                print(f"{spec} {mode}: ready in {built[(spec, mode)]:.1f} s, RSS +{grown[(spec, mode)]:.0f} MiB", flush=True)
+                decoders[(spec, mode)] = (dec, first)
+        steps: dict[tuple[str, str], list[float]] = {k: [] for k in decoders}
+        for _ in range(a.rounds):
+            for key, (dec, first) in decoders.items():
+                dec.rewind(32)
+                dec.decode(first, 32, a.steps, step_times=steps[key])
+    rows = []
+    for spec in a.models:
+        floor = bw / sizes[spec]
+        row = {"model": spec, "bytes": sizes[spec], "floor_tok_s": round(floor, 2)}
+        for m in modes:
+            rate = 1 / statistics.median(steps[(spec, m)])
+            row[m] = {"tok_s": round(rate, 2), "of_floor": round(rate / floor, 3), "build_s": round(built[(spec, m)], 1),
+                      "rss_growth_mib": round(grown[(spec, m)]),
+                      "tokens_as_first_mode": agreement(tokens[(spec, m)], tokens[(spec, modes[0])])}
+        if "eager" in modes:
+            for m in modes:
+                row[m]["vs_eager"] = round(row[m]["tok_s"] / row["eager"]["tok_s"], 3)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if a.out:
+        env = {"torch": torch.__version__, "threads": a.threads, "read_GBps": round(bw / 1e9, 2), "rounds": a.rounds, "modes": modes,
+               "steps": a.steps, "date": time.strftime("%Y-%m-%d")}
+        Path(a.out).write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -54,6 +54,11 @@ def compute_dtype(device: torch.device, packed_int: bool = False) -> torch.dtype
     return torch.bfloat16 if device.type == "cuda" or packed_int else torch.float32
 
 
+def head_dim(config: object) -> int:
+    """Per-head width: the config's own `head_dim` where set (pruned heads, Qwen3-style), else hidden / heads."""
+    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)  # type: ignore[attr-defined]
+
+
 def has_packed_int(model: nn.Module) -> bool:
     from compress.formats.quant_linear import QuantLinear
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from compress.formats.sparse import SparseLinear, unpack_mask
+from compress.formats.sparse import SparseLinear
 from compress.select import set_module
 
 
@@ -41,7 +41,7 @@ class MaskedLinear(nn.Module):
     def to_sparse_linear(self, dtype: torch.dtype | None = None) -> SparseLinear:
         """The trained weight stored under the original mask, bit for bit (a kept weight that trained to
         exactly 0 stays a stored value, so nnz and an N:M pattern never change)."""
-        keep = unpack_mask(self.mask, self.in_features)
+        keep = self.keep
         mod = SparseLinear(self.in_features, self.out_features, int(keep.sum()), self.bias is not None,
                            dtype or self.store_dtype, self.pattern)
         with torch.no_grad():

@@ -36,7 +36,7 @@ from compress.export.gguf_tokenizer import add_tokenizer
 from compress.export.registry import Exporter, register_exporter
 from compress.formats import PackedLinear, QuantLinear
 from compress.formats.tied_embedding import QuantEmbedding
-from compress.models import storage_dtype
+from compress.models import head_dim, storage_dtype
 
 GGUF_FILE = "model.gguf"
 REPORT_FILE = "gguf-report.json"
@@ -163,15 +163,11 @@ def rope_rows(n_heads: int, head_dim: int) -> torch.Tensor:
     return (torch.arange(n_heads).unsqueeze(1) * head_dim + within).reshape(-1)
 
 
-def _head_dim(cfg: Any) -> int:
-    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-
-
 def _row_order(gguf_name: str, cfg: Any) -> torch.Tensor | None:
     if gguf_name.endswith(".attn_q"):
-        return rope_rows(cfg.num_attention_heads, _head_dim(cfg))
+        return rope_rows(cfg.num_attention_heads, head_dim(cfg))
     if gguf_name.endswith(".attn_k"):
-        return rope_rows(cfg.num_key_value_heads, _head_dim(cfg))
+        return rope_rows(cfg.num_key_value_heads, head_dim(cfg))
     return None
 
 
@@ -230,10 +226,10 @@ def add_hparams(w: GGUFWriter, model: nn.Module, name: str) -> None:
     w.add_head_count(int(cfg.num_attention_heads))
     w.add_head_count_kv(int(cfg.num_key_value_heads))
     w.add_rope_freq_base(_rope_theta(cfg))
-    w.add_rope_dimension_count(_head_dim(cfg))
-    if _head_dim(cfg) * cfg.num_attention_heads != cfg.hidden_size:
-        w.add_key_length(_head_dim(cfg))
-        w.add_value_length(_head_dim(cfg))
+    w.add_rope_dimension_count(head_dim(cfg))
+    if head_dim(cfg) * cfg.num_attention_heads != cfg.hidden_size:
+        w.add_key_length(head_dim(cfg))
+        w.add_value_length(head_dim(cfg))
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     w.add_vocab_size(int(model.get_input_embeddings().num_embeddings))
 

@@ -19,6 +19,7 @@ from compress.context import Context
 from compress.errors import CompressError
 from compress.formats.base import PackedLinear, refuse_packed
 from compress.formats.tied_embedding import QuantEmbedding
+from compress.models import head_dim
 from compress.registry import PassConfig, option, register_pass
 
 SUPPORTED = ("llama", "mistral", "qwen2")
@@ -111,11 +112,6 @@ def untie_head(model: nn.Module) -> bool:
     return True
 
 
-def head_dim_of(model: nn.Module, attn: nn.Module) -> int:
-    hd = getattr(attn, "head_dim", None) or getattr(model.config, "head_dim", None)
-    return int(hd or model.config.hidden_size // model.config.num_attention_heads)
-
-
 @torch.no_grad()
 def rotate_model(model: nn.Module, kind: str, seed: int, heads: bool) -> dict:
     """Rotate a checked model in place; returns what the report shows."""
@@ -132,7 +128,7 @@ def rotate_model(model: nn.Module, kind: str, seed: int, heads: bool) -> dict:
         _readers(layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj], q)
         _writer(mlp.down_proj, q)
         if heads:
-            hd = head_dim_of(model, attn)
+            hd = head_dim(model.config)
             r, head_how = orthogonal_matrix(hd, kind, seed + 1)
             _set(attn.v_proj.weight, rotate_head_outputs(attn.v_proj.weight, r, hd))
             if attn.v_proj.bias is not None:

@@ -2,6 +2,7 @@
 
 | device | format | M | kernel |
 | cpu | int8 per-channel sym, K % 16 = 0 | ≤ CPU_INT8PACK_MAX_M | aten `_weight_int8pack_mm` (bf16) |
+| cpu | int4 in layout cpu_int4, C compiler | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out) |
 | cpu | int4 in layout cpu_int4 | ≤ CPU_INT4PACK_MAX_M | aten `_weight_int4pack_mm_for_cpu` (bf16) |
 | cpu | int4 in layout cpu_int4, bf16 x and scales, C compiler | larger | Wᵀ from a C unpack (`native`), dense matmul |
 | cuda | int4 in layout cuda_tinygemm | ≤ 16 | aten `_weight_int4pack_mm` (tinygemm, bf16) |
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 # dequantize + dense matmul is faster
 CPU_INT8PACK_MAX_M = 16
 CPU_INT4PACK_MAX_M = 64
+CPU_GEMV_MAX_M = 2  # the C GEMV streams the weight once per row of x: 1.2× aten int4pack at M = 1 (call overhead included), 1.07× at M = 2
 COMPILE_DEQUANT = os.environ.get("COMPRESS_COMPILE_DEQUANT", "1") != "0"  # CPU prefill path; 0 = eager
 CUDA_SMALL_M = 16  # decode-sized calls; prefill (tinygemm ~25× slower than bf16 at M=2048) dequantizes. Unmeasured: bench_kernels.py
 
@@ -104,15 +106,26 @@ def int4_kn_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
     return torch.mm(x2d.to(torch.bfloat16), wt[: mod.in_features]).to(x2d.dtype)
 
 
+def int4_gemv_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
+    """Decode-sized int4 calls: one streaming pass over the packed bytes per row of x, sums in fp32 from the exact
+    codes (x cast to bf16 and padded to the packed K, as for tinygemm)."""
+    kp = mod.qspec.padded_in(mod.in_features)
+    xc = x2d.to(torch.bfloat16)
+    if xc.shape[1] != kp:
+        xc = F.pad(xc, (0, kp - xc.shape[1]))
+    return native.int4_gemv(xc, mod.qweight, mod.sz, mod.out_features).to(x2d.dtype)
+
+
 def _native_int4(x2d_dtype: torch.dtype, mod: "QuantLinear") -> bool:
     """`int4_kn_cpu` computes exactly what `dequant` does only from a bf16 table of bf16 scales."""
     return (mod.layout == "cpu_int4" and x2d_dtype == torch.bfloat16 and mod.scales.dtype == torch.bfloat16
-            and native.library() is not None)
+            and native.available())
 
 
 KERNELS: dict[str, Callable[[torch.Tensor, "QuantLinear"], torch.Tensor]] = {
     "int8pack_cpu": int8pack_cpu, "int4pack_cpu": int4_tinygemm, "tinygemm": int4_tinygemm,
-    "triton_int8": triton_int8.int8_triton, "int4_kn_cpu": int4_kn_cpu, "dequant": dequant,
+    "triton_int8": triton_int8.int8_triton, "int4_kn_cpu": int4_kn_cpu, "int4_gemv_cpu": int4_gemv_cpu,
+    "dequant": dequant,
 }
 
 
@@ -121,6 +134,8 @@ def choose_kernel(device: torch.device, m: int, mod: "QuantLinear", dtype: torch
     if device.type == "cpu":
         if _int8_per_channel_sym(mod) and m <= CPU_INT8PACK_MAX_M:
             return "int8pack_cpu"
+        if mod.layout == "cpu_int4" and m <= CPU_GEMV_MAX_M and native.available():
+            return "int4_gemv_cpu"
         if mod.layout == "cpu_int4" and m <= CPU_INT4PACK_MAX_M:
             return "int4pack_cpu"
         if _native_int4(dtype, mod):

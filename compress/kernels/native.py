@@ -3,7 +3,9 @@
 Why C: the int4 prefill path dequantizes the weight on every call, and Inductor's best version of the
 CPU layout's unpack needs a transposing copy (0.5–0.9 ms per 1536×576 weight, 10–19% of the bf16
 matmul it feeds). `csrc/int4_cpu_kn.c` writes Wᵀ in one streaming pass instead (about a third of
-the time, bit-equal output). No torch headers are needed, so the build takes well under a second;
+the time, bit-equal output). At decode sizes aten's int4pack kernel reads its bytes at about half
+the rate a streaming loop does: `csrc/gemv_cpu.c` computes x · Wᵀ from the same layout with
+AVX512-BF16 dot products (a generic C loop elsewhere). No torch headers are needed, so the build takes well under a second;
 the library is cached per source, flags and CPU (``COMPRESS_CACHE`` or ~/.cache/compress) and
 written atomically, so concurrent processes share it. ``COMPRESS_NATIVE=0`` turns it off; without
 a compiler (or if the build fails) the callers keep their PyTorch path, after one warning.
@@ -19,12 +21,14 @@ import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "int4_cpu_kn.c"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("int4_cpu_kn.c", "gemv_cpu.c")]
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
 SPLIT_MIN = 1 << 18  # weights with fewer elements than this are unpacked on one thread (pool overhead)
+GEMV_SPLIT_MIN = 1 << 22  # a GEMV of a smaller weight takes less time than handing it to the pool (~20 µs)
 _LIB: dict[str, ctypes.CDLL | None] = {}
 _POOL: list[ThreadPoolExecutor] = []
 
@@ -41,17 +45,17 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("COMPRESS_CACHE") or Path.home() / ".cache" / "compress") / "native"
 
 
-def _build(cc: str) -> Path:
-    src = SOURCE.read_bytes()
-    key = hashlib.sha1(src + " ".join([cc, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
-    lib = _cache_dir() / f"int4_cpu_kn-{key}.so"
+def _build(cc: str, flags: list[str]) -> Path:
+    src = b"".join(p.read_bytes() for p in SOURCES)
+    key = hashlib.sha1(src + " ".join([cc, *flags, _cpu_id()]).encode()).hexdigest()[:16]
+    lib = _cache_dir() / f"compress_cpu-{key}.so"
     if lib.exists():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=lib.parent, suffix=".so.tmp")
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], check=True, capture_output=True, timeout=120)
+        subprocess.run([cc, *flags, "-o", tmp, *map(str, SOURCES), "-lm"], check=True, capture_output=True, timeout=120)
         os.replace(tmp, lib)
     finally:
         if os.path.exists(tmp):
@@ -59,33 +63,31 @@ def _build(cc: str) -> Path:
     return lib
 
 
-def library() -> ctypes.CDLL | None:
-    """The compiled kernels, or None (disabled, no compiler, failed build: warned once)."""
-    if "lib" in _LIB:
-        return _LIB["lib"]
-    _LIB["lib"] = None
+def library(generic: bool = False) -> ctypes.CDLL | None:
+    """The compiled kernels, or None (disabled, no compiler, failed build: warned once). `generic`: the build
+    without vector intrinsics (what a CPU without AVX512-BF16 runs; the tests check it too)."""
+    name = "generic" if generic else "lib"
+    if name in _LIB:
+        return _LIB[name]
+    _LIB[name] = None
     if os.environ.get("COMPRESS_NATIVE", "1") == "0":
         return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     try:
         if cc is None:
             raise FileNotFoundError("no C compiler (cc/gcc) on PATH")
-        lib = ctypes.CDLL(str(_build(cc)))
+        lib = ctypes.CDLL(str(_build(cc, FLAGS + ["-DCOMPRESS_GENERIC"] * generic)))
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", b"") or b""
         warnings.warn(f"native CPU kernels unavailable ({type(e).__name__}: {e} {detail.decode(errors='replace')[:200]}); "
                       "int4 prefill dequantizes through PyTorch", RuntimeWarning)
         return None
-    fn = lib.int4_cpu_kn
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5
-    _LIB["lib"] = lib
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    for fn, args in ((lib.int4_cpu_kn, [ptr] * 3 + [i64] * 5), (lib.int4_gemv, [ptr] * 4 + [i64] * 6)):
+        fn.restype, fn.argtypes = ctypes.c_int, args
+    lib.gemv_vectorized.restype, lib.gemv_vectorized.argtypes = ctypes.c_int, []
+    _LIB[name] = lib
     return lib
-
-
-def _ranges(k: int, parts: int) -> list[tuple[int, int]]:
-    step = -(-k // parts)
-    return [(a, min(k, a + step)) for a in range(0, k, step)]
 
 
 @torch.library.custom_op("compress::int4_cpu_kn", mutates_args=())
@@ -98,17 +100,48 @@ def int4_cpu_kn(packed: torch.Tensor, sz: torch.Tensor, n: int, k: int) -> torch
     out = torch.empty(k, n, dtype=torch.bfloat16)
     args = (packed.data_ptr(), sz.data_ptr(), out.data_ptr(), n, k, sz.shape[0])
     threads = torch.get_num_threads() if n * k >= SPLIT_MIN else 1
-    if threads <= 1:
-        failed = [lib.int4_cpu_kn(*args, 0, k)]
-    else:
-        if not _POOL or _POOL[0]._max_workers < threads:
-            _POOL[:] = [ThreadPoolExecutor(threads, thread_name_prefix="compress-native")]
-        failed = list(_POOL[0].map(lambda r: lib.int4_cpu_kn(*args, *r), _ranges(k, threads)))
-    if any(failed):
+    if any(_split(lambda r: lib.int4_cpu_kn(*args, *r), k, threads, 1)):
         raise MemoryError("int4_cpu_kn: no memory for its scale scratch")
     return out
+
+
+@torch.compiler.assume_constant_result
+def available() -> bool:
+    """Whether the kernels can run here: a constant to torch.compile (the build runs outside the trace)."""
+    return library() is not None
+
+
+def _split(call: Callable[[tuple[int, int]], int], size: int, threads: int, unit: int) -> list[int]:
+    """`call` on ranges of [0, size) (multiples of `unit`, the last one ending at size), one per thread of the pool."""
+    if threads <= 1:
+        return [call((0, size))]
+    if not _POOL or _POOL[0]._max_workers < threads:
+        _POOL[:] = [ThreadPoolExecutor(threads, thread_name_prefix="compress-native")]
+    step = -(-size // threads // unit) * unit
+    return list(_POOL[0].map(call, [(a, min(size, a + step)) for a in range(0, size, step)]))
 
 
 @int4_cpu_kn.register_fake
 def _(packed: torch.Tensor, sz: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return packed.new_empty(k, n, dtype=torch.bfloat16)
+
+
+@torch.library.custom_op("compress::int4_gemv", mutates_args=())
+def int4_gemv(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, n: int, generic: bool = False) -> torch.Tensor:
+    """y [M, N] in bf16 = x [M, Kp] (bf16, padded to the packed K) · Wᵀ from the CPU int4pack layout and its table,
+    for decode-sized M (each row of x streams the weight once). `generic`: the build without intrinsics."""
+    lib = library(generic)
+    assert lib is not None, "int4_gemv called without the native library"
+    x, packed, sz = x.contiguous(), packed.contiguous(), sz.contiguous()
+    m, k = x.shape
+    out = torch.empty(m, n, dtype=torch.bfloat16)
+    args = (x.data_ptr(), packed.data_ptr(), sz.data_ptr(), out.data_ptr(), m, n, k, sz.shape[0])
+    threads = torch.get_num_threads() if n * k >= GEMV_SPLIT_MIN else 1
+    if any(_split(lambda r: lib.int4_gemv(*args, *r), n, threads, 64)):
+        raise MemoryError("int4_gemv: no memory for its scratch")
+    return out
+
+
+@int4_gemv.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, n: int, generic: bool = False) -> torch.Tensor:
+    return x.new_empty(x.shape[0], n, dtype=torch.bfloat16)

@@ -25,7 +25,7 @@ def cpu_kernels(mod) -> list[str]:
     if mod.layout == "cpu_int4":
         names.append("int4pack_cpu")
         if native.library() is not None:
-            names.append("int4_kn_cpu")
+            names += ["int4_kn_cpu", "int4_gemv_cpu"]
     return names
 
 
@@ -45,11 +45,13 @@ def test_dispatch_choices_on_cpu():
     int8, int4 = make(QuantSpec(8, -1, True), 64, 576), make(QuantSpec(4, 64, False), 64, 576)
     assert choose_kernel(CPU, 1, int8) == "int8pack_cpu"
     assert choose_kernel(CPU, dispatch.CPU_INT8PACK_MAX_M + 1, int8) == "dequant"
-    assert choose_kernel(CPU, 1, int4) == "int4pack_cpu"
+    gemv = "int4_gemv_cpu" if native.library() is not None else "int4pack_cpu"
+    assert choose_kernel(CPU, 1, int4) == gemv
+    assert choose_kernel(CPU, dispatch.CPU_GEMV_MAX_M + 1, int4) == "int4pack_cpu"
     assert choose_kernel(CPU, dispatch.CPU_INT4PACK_MAX_M, int4) == "int4pack_cpu"
     assert choose_kernel(CPU, dispatch.CPU_INT4PACK_MAX_M + 1, int4) == "dequant"
     odd = make(QuantSpec(4, 64, False), 32, 80)  # K=80 padded to 128: group 64 tiles it
-    assert odd.layout == "cpu_int4" and choose_kernel(CPU, 1, odd) == "int4pack_cpu"
+    assert odd.layout == "cpu_int4" and choose_kernel(CPU, 1, odd) == gemv
     n24 = make(QuantSpec(4, 64, False), 24, 64)  # N not a multiple of 16: no tinygemm layout
     assert n24.layout == "portable" and choose_kernel(CPU, 1, n24) == "dequant"
     assert choose_kernel(CPU, 1, make(QuantSpec(8, -1, True), 16, 40)) == "dequant"  # K % 16: bf16 int8pack is wrong there
@@ -58,12 +60,12 @@ def test_dispatch_choices_on_cpu():
 def test_kernel_that_ran_is_the_one_named(monkeypatch):
     """quant_linear really calls the chosen kernel (a swapped table entry shows up in the output)."""
     case = build(QuantSpec(4, 64, False), 64, 576)
-    x = torch.randn(1, 576)
+    x = torch.randn(3, 576)
     calls = []
     real = dispatch.KERNELS["int4pack_cpu"]
     monkeypatch.setitem(dispatch.KERNELS, "int4pack_cpu", lambda x2d, m: calls.append(x2d.shape) or real(x2d, m))
     check(quant_linear(x, case.mod), x, case)
-    assert calls == [(1, 576)]
+    assert calls == [(3, 576)]
 
 
 def test_batched_input_and_bias():

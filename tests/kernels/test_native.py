@@ -77,7 +77,8 @@ def test_dispatch_uses_it_only_where_it_equals_the_dequantizing_path():
     big = dispatch.CPU_INT4PACK_MAX_M + 1
     assert choose_kernel(CPU, big, mod, torch.bfloat16) == "int4_kn_cpu"
     assert choose_kernel(CPU, big, mod, torch.float32) == "dequant"  # fp32 activations: the fp32 path
-    assert choose_kernel(CPU, 1, mod, torch.bfloat16) == "int4pack_cpu"
+    assert choose_kernel(CPU, 1, mod, torch.bfloat16) == "int4_gemv_cpu"
+    assert choose_kernel(CPU, dispatch.CPU_GEMV_MAX_M + 1, mod, torch.bfloat16) == "int4pack_cpu"
     fp32_scales = build(QuantSpec(4, 64, False), 64, 576).mod  # its bf16 table rounds the scales
     assert choose_kernel(CPU, big, fp32_scales, torch.bfloat16) == "dequant"
     x = torch.randn(2, big, 576).bfloat16()
@@ -117,3 +118,44 @@ class _no_warning:
 
     def __exit__(self, *exc: object) -> None:
         self._w.__exit__(*exc)
+
+
+@needs_cc
+@pytest.mark.parametrize("generic", [False, True], ids=["vector", "generic"])
+@pytest.mark.parametrize("spec,n,k", CASES, ids=lambda c: str(c))
+def test_gemv_matches_the_planted_weight_in_fp64(spec, n, k, generic):
+    """The decode GEMV (both builds) against x · Wᵀ in fp64 (the planted weight, rounded once to bf16, as its
+    reference): within 2⁻⁷ of the largest output; a swapped nibble or a wrong group gives errors of order 1."""
+    if native.library(generic) is None:
+        pytest.skip("build failed")
+    mod, w = planted(spec, n, k, zero_group=True)
+    x = torch.randn(2, k, generator=torch.Generator().manual_seed(k)).bfloat16()
+    xp = torch.nn.functional.pad(x, (0, spec.padded_in(k) - k))
+    y = native.int4_gemv(xp, mod.qweight, mod.sz, n, generic)
+    ref = x.double() @ w.double().t()
+    assert y.shape == (2, n) and y.dtype == torch.bfloat16
+    err = (y.double() - ref).abs()
+    assert float(err.max()) <= 2 ** -7 * float(ref.abs().max()), float(err.max() / ref.abs().max())
+
+
+@needs_cc
+def test_gemv_dispatch_matches_the_unquantized_weight():
+    case = build(QuantSpec(4, 64, False), 144, 576)
+    mod = case.mod.to(torch.bfloat16)
+    x = torch.randn(1, 576, generator=torch.Generator().manual_seed(2))
+    assert choose_kernel(CPU, 1, mod, torch.float32) == "int4_gemv_cpu"
+    check(quant_linear(x, mod, "int4_gemv_cpu"), x, case._replace(mod=mod))
+
+
+@needs_cc
+def test_gemv_thread_split_gives_the_same_result(monkeypatch):
+    mod, _ = planted(QuantSpec(4, 64, False), 1536, 576)
+    x = torch.randn(1, 576).bfloat16()
+    one = native.int4_gemv(x, mod.qweight, mod.sz, 1536)
+    monkeypatch.setattr(native, "GEMV_SPLIT_MIN", 1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert torch.equal(native.int4_gemv(x, mod.qweight, mod.sz, 1536), one)
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,209 @@
+/* Decode-sized products y [M, N] = x [M, K] · Wᵀ straight from packed weights, for small M on a CPU.
+ *
+ * Why: at M = 1 aten's int4pack kernel runs at about a third of the memory floor of its bytes and
+ * the int8pack one below half, so a quantized model read fewer bytes yet did not decode faster than
+ * a dense bf16 model compiled with Inductor's GEMM templates. These loops stream each weight byte
+ * once and keep every partial sum in registers.
+ *
+ * int4 (aten's CPU int4pack layout, table sz [G, N, 2] of bf16 (s, zt = (8 − z)·s), w = (q − 8)·s + zt):
+ *   y[n] = Σ_g s·Σ_{k∈g} x_k·q_nk + (zt − 8·s)·X_g,  X_g = Σ_{k∈g} x_k.
+ *   With AVX512-BF16 each code becomes the bf16 number 128 + q by OR-ing 0x4300 into it, and
+ *   vdpbf16ps multiplies pairs of columns (k, k+1) exactly and adds in fp32; the 128·X_g it adds is
+ *   taken back at the end of the group: y += s·dot + (zt − 136·s)·X_g.
+ * int8 (row-major int8 [N, K], one scale per row): y[n] = s_n · Σ_k x_k·q_nk in fp32.
+ *
+ * Every path computes in fp32 from the exact codes (no bf16 rounding of w) and rounds y once to bf16.
+ * A generic C path does the same sums where AVX512-BF16/VBMI are missing (or COMPRESS_GENERIC is set).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512BF16__) && defined(__AVX512VBMI__) && defined(__AVX512BW__) && !defined(COMPRESS_GENERIC)
+#define GEMV_AVX512 1
+#include <immintrin.h>
+#endif
+
+static inline float bf2f(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f2bf(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* 1 when this build has the vector paths (for tests and benchmarks). */
+int gemv_vectorized(void) {
+#ifdef GEMV_AVX512
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Rows r0..r1 of one int4 output row y (N values) from the codes `at(k, r)` of those rows: generic sums. */
+static void int4_rows_generic(const uint16_t *x, const uint8_t *packed, const uint16_t *sz, float *y, int64_t n,
+                              int64_t k, int64_t groups, int64_t r0, int64_t r1) {
+    int64_t group = k / groups, full = n / 64 * 64, rest = n - full;
+    for (int64_t r = r0; r < r1; ++r) {
+        float acc = 0.0f;
+        for (int64_t g = 0; g < groups; ++g) {
+            float dot = 0.0f, xs = 0.0f;
+            for (int64_t c = g * group; c < (g + 1) * group; ++c) {
+                uint8_t byte;
+                int hi;
+                if (r < full) {
+                    int64_t b = r / 64, j = r % 64;
+                    byte = packed[(b * k + c) * 32 + (j & 31)];
+                    hi = j >= 32;
+                } else {
+                    int64_t j = r - full;
+                    byte = packed[full * k / 2 + c * (rest / 2) + j / 2];
+                    hi = (int)(j & 1);
+                }
+                float xv = bf2f(x[c]);
+                dot += xv * (float)(hi ? byte >> 4 : byte & 15);
+                xs += xv;
+            }
+            float s = bf2f(sz[(g * n + r) * 2]), zt = bf2f(sz[(g * n + r) * 2 + 1]);
+            acc += s * dot + (zt - 8.0f * s) * xs;
+        }
+        y[r] = acc;
+    }
+}
+
+#ifdef GEMV_AVX512
+/* One full 64-row block b of one output row: four zmm of sums per group, four of results. */
+static void int4_block_avx512(const uint16_t *x, const uint8_t *packed, const uint16_t *sz, const float *xsum,
+                              float *y, int64_t n, int64_t k, int64_t groups, int64_t b) {
+    const int64_t group = k / groups;
+    /* byte 4i of the lane of row i gets code byte c = 16h + i of column k, byte 4i + 2 that of column k + 1 */
+    uint8_t idx0[64], idx1[64];
+    for (int i = 0; i < 16; ++i) {
+        for (int j = 0; j < 4; ++j) {
+            idx0[4 * i + j] = (uint8_t)((j == 2 ? 32 : 0) + i);
+            idx1[4 * i + j] = (uint8_t)((j == 2 ? 32 : 0) + 16 + i);
+        }
+    }
+    const __m512i p0 = _mm512_loadu_si512(idx0), p1 = _mm512_loadu_si512(idx1);
+    const __mmask64 keep = 0x5555555555555555ULL;
+    const __m512i nib = _mm512_set1_epi32(0x000F000F), one28 = _mm512_set1_epi32(0x43004300);
+    const __m512 c136 = _mm512_set1_ps(136.0f);
+    const __m512i hi16 = _mm512_set1_epi32((int)0xFFFF0000u);
+    __m512 y0 = _mm512_setzero_ps(), y1 = y0, y2 = y0, y3 = y0;
+    const uint8_t *p = packed + b * k * 32;
+    for (int64_t g = 0; g < groups; ++g) {
+        __m512 d0 = _mm512_setzero_ps(), d1 = d0, d2 = d0, d3 = d0;
+        for (int64_t c = g * group; c < (g + 1) * group; c += 2) {
+            uint32_t xp;
+            memcpy(&xp, x + c, 4);
+            const __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xp);
+            const __m512i v = _mm512_loadu_si512(p + c * 32);
+            const __m512i a = _mm512_maskz_permutexvar_epi8(keep, p0, v);  /* rows 0..15 | 32..47 */
+            const __m512i e = _mm512_maskz_permutexvar_epi8(keep, p1, v);  /* rows 16..31 | 48..63 */
+            d0 = _mm512_dpbf16_ps(d0, (__m512bh)_mm512_ternarylogic_epi32(a, nib, one28, 0xEA), xv);
+            d1 = _mm512_dpbf16_ps(d1, (__m512bh)_mm512_ternarylogic_epi32(e, nib, one28, 0xEA), xv);
+            d2 = _mm512_dpbf16_ps(d2, (__m512bh)_mm512_or_si512(_mm512_srli_epi16(a, 4), one28), xv);
+            d3 = _mm512_dpbf16_ps(d3, (__m512bh)_mm512_or_si512(_mm512_srli_epi16(e, 4), one28), xv);
+        }
+        const uint16_t *t = sz + (g * n + b * 64) * 2;
+        const __m512 xs = _mm512_set1_ps(xsum[g]);
+#define GROUP_END(Y, D, R)                                                                     \
+        {                                                                                      \
+            const __m512i st = _mm512_loadu_si512(t + 2 * (R));                                \
+            const __m512 s = _mm512_castsi512_ps(_mm512_slli_epi32(st, 16));                   \
+            const __m512 zt = _mm512_castsi512_ps(_mm512_and_si512(st, hi16));                 \
+            Y = _mm512_fmadd_ps(s, D, Y);                                                      \
+            Y = _mm512_fmadd_ps(_mm512_fnmadd_ps(c136, s, zt), xs, Y);                         \
+        }
+        GROUP_END(y0, d0, 0) GROUP_END(y1, d1, 16) GROUP_END(y2, d2, 32) GROUP_END(y3, d3, 48)
+#undef GROUP_END
+    }
+    _mm512_storeu_ps(y + b * 64, y0);
+    _mm512_storeu_ps(y + b * 64 + 16, y1);
+    _mm512_storeu_ps(y + b * 64 + 32, y2);
+    _mm512_storeu_ps(y + b * 64 + 48, y3);
+}
+#endif
+
+static void store_bf16(uint16_t *out, const float *y, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) out[r] = f2bf(y[r]);
+}
+
+/* y[m, r0:r1] for every row m of x (r0 a multiple of 64; r1 a multiple of 64 or N). 0, or 1 without memory. */
+int int4_gemv(const uint16_t *x, const uint8_t *packed, const uint16_t *sz, uint16_t *out, int64_t m, int64_t n,
+              int64_t k, int64_t groups, int64_t r0, int64_t r1) {
+    int64_t group = k / groups;
+    float *y = malloc((n + groups) * sizeof(float));
+    if (!y) return 1;
+    float *xsum = y + n;
+    for (int64_t i = 0; i < m; ++i) {
+        const uint16_t *xi = x + i * k;
+        for (int64_t g = 0; g < groups; ++g) {
+            float s = 0.0f;
+            for (int64_t c = g * group; c < (g + 1) * group; ++c) s += bf2f(xi[c]);
+            xsum[g] = s;
+        }
+        int64_t done = r0;
+#ifdef GEMV_AVX512
+        const int64_t full = n / 64 * 64;
+        if (group % 2 == 0) {
+            for (int64_t b = r0 / 64; b < (r1 < full ? r1 : full) / 64; ++b)
+                int4_block_avx512(xi, packed, sz, xsum, y, n, k, groups, b);
+            done = r1 < full ? r1 : full;
+            if (done < r0) done = r0;
+        }
+#endif
+        if (done < r1) int4_rows_generic(xi, packed, sz, y, n, k, groups, done, r1);
+        store_bf16(out + i * n, y, r0, r1);
+    }
+    free(y);
+    return 0;
+}
+
+/* int8: rows r0..r1 of y for every row of x; scales bf16 (scale_bf16 = 1) or fp32. 0, or 1 without memory. */
+int int8_gemv(const uint16_t *x, const int8_t *q, const void *scales, int scale_bf16, uint16_t *out, int64_t m,
+              int64_t n, int64_t k, int64_t r0, int64_t r1) {
+    float *xf = malloc(k * sizeof(float));
+    if (!xf) return 1;
+    for (int64_t i = 0; i < m; ++i) {
+        const uint16_t *xi = x + i * k;
+        for (int64_t c = 0; c < k; ++c) xf[c] = bf2f(xi[c]);
+        int64_t r = r0;
+#ifdef GEMV_AVX512
+        const int64_t kv = k / 16 * 16;
+        for (; r + 4 <= r1; r += 4) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            const int8_t *w = q + r * k;
+            for (int64_t c = 0; c < kv; c += 16) {
+                const __m512 xv = _mm512_loadu_ps(xf + c);
+#define ROW(A, J) A = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + (J) * k + c)))), xv, A);
+                ROW(a0, 0) ROW(a1, 1) ROW(a2, 2) ROW(a3, 3)
+#undef ROW
+            }
+            float d[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2),
+                          _mm512_reduce_add_ps(a3)};
+            for (int j = 0; j < 4; ++j) {
+                for (int64_t c = kv; c < k; ++c) d[j] += xf[c] * (float)w[j * k + c];
+                float s = scale_bf16 ? bf2f(((const uint16_t *)scales)[r + j]) : ((const float *)scales)[r + j];
+                out[i * n + r + j] = f2bf(s * d[j]);
+            }
+        }
+#endif
+        for (; r < r1; ++r) {
+            const int8_t *w = q + r * k;
+            float d = 0.0f;
+            for (int64_t c = 0; c < k; ++c) d += xf[c] * (float)w[c];
+            float s = scale_bf16 ? bf2f(((const uint16_t *)scales)[r]) : ((const float *)scales)[r];
+            out[i * n + r] = f2bf(s * d);
+        }
+    }
+    free(xf);
+    return 0;
+}

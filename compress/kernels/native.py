@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 SOURCES = [Path(__file__).with_name("csrc") / name for name in ("int4_cpu_kn.c", "gemv_cpu.c")]
+HEADERS = [Path(__file__).with_name("csrc") / "bf16.h"]
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
 SPLIT_MIN = 1 << 18  # weights with fewer elements than this are unpacked on one thread (pool overhead)
 GEMV_SPLIT_MIN = 1 << 22  # a GEMV of a smaller weight takes less time than handing it to the pool (~20 µs)
@@ -46,7 +47,7 @@ def _cache_dir() -> Path:
 
 
 def _build(cc: str, flags: list[str]) -> Path:
-    src = b"".join(p.read_bytes() for p in SOURCES)
+    src = b"".join(p.read_bytes() for p in SOURCES + HEADERS)
     key = hashlib.sha1(src + " ".join([cc, *flags, _cpu_id()]).encode()).hexdigest()[:16]
     lib = _cache_dir() / f"compress_cpu-{key}.so"
     if lib.exists():
@@ -85,7 +86,6 @@ def library(generic: bool = False) -> ctypes.CDLL | None:
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     for fn, args in ((lib.int4_cpu_kn, [ptr] * 3 + [i64] * 5), (lib.int4_gemv, [ptr] * 4 + [i64] * 6)):
         fn.restype, fn.argtypes = ctypes.c_int, args
-    lib.gemv_vectorized.restype, lib.gemv_vectorized.argtypes = ctypes.c_int, []
     _LIB[name] = lib
     return lib
 

@@ -10,7 +10,6 @@
  *   With AVX512-BF16 each code becomes the bf16 number 128 + q by OR-ing 0x4300 into it, and
  *   vdpbf16ps multiplies pairs of columns (k, k+1) exactly and adds in fp32; the 128·X_g it adds is
  *   taken back at the end of the group: y += s·dot + (zt − 136·s)·X_g.
- * int8 (row-major int8 [N, K], one scale per row): y[n] = s_n · Σ_k x_k·q_nk in fp32.
  *
  * Every path computes in fp32 from the exact codes (no bf16 rounding of w) and rounds y once to bf16.
  * A generic C path does the same sums where AVX512-BF16/VBMI are missing (or COMPRESS_GENERIC is set).
@@ -19,33 +18,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bf16.h"
+
 #if defined(__AVX512BF16__) && defined(__AVX512VBMI__) && defined(__AVX512BW__) && !defined(COMPRESS_GENERIC)
 #define GEMV_AVX512 1
 #include <immintrin.h>
 #endif
-
-static inline float bf2f(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f2bf(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-/* 1 when this build has the vector paths (for tests and benchmarks). */
-int gemv_vectorized(void) {
-#ifdef GEMV_AVX512
-    return 1;
-#else
-    return 0;
-#endif
-}
 
 /* Rows r0..r1 of one int4 output row y (N values) from the codes `at(k, r)` of those rows: generic sums. */
 static void int4_rows_generic(const uint16_t *x, const uint8_t *packed, const uint16_t *sz, float *y, int64_t n,
@@ -83,15 +61,11 @@ static void int4_rows_generic(const uint16_t *x, const uint8_t *packed, const ui
 static void int4_block_avx512(const uint16_t *x, const uint8_t *packed, const uint16_t *sz, const float *xsum,
                               float *y, int64_t n, int64_t k, int64_t groups, int64_t b) {
     const int64_t group = k / groups;
-    /* byte 4i of the lane of row i gets code byte c = 16h + i of column k, byte 4i + 2 that of column k + 1 */
-    uint8_t idx0[64], idx1[64];
-    for (int i = 0; i < 16; ++i) {
-        for (int j = 0; j < 4; ++j) {
-            idx0[4 * i + j] = (uint8_t)((j == 2 ? 32 : 0) + i);
-            idx1[4 * i + j] = (uint8_t)((j == 2 ? 32 : 0) + 16 + i);
-        }
-    }
-    const __m512i p0 = _mm512_loadu_si512(idx0), p1 = _mm512_loadu_si512(idx1);
+    /* byte 0 of lane i gets code byte c = 16h + i of column k, byte 2 that of column k + 1 (bytes 1, 3: masked) */
+    const __m512i iota = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(0x00010001));
+    const __m512i p0 = _mm512_add_epi32(iota, _mm512_set1_epi32(0x00200000)),
+                  p1 = _mm512_add_epi32(iota, _mm512_set1_epi32(0x00300010));
     const __mmask64 keep = 0x5555555555555555ULL;
     const __m512i nib = _mm512_set1_epi32(0x000F000F), one28 = _mm512_set1_epi32(0x43004300);
     const __m512 c136 = _mm512_set1_ps(136.0f);
@@ -164,46 +138,5 @@ int int4_gemv(const uint16_t *x, const uint8_t *packed, const uint16_t *sz, uint
         store_bf16(out + i * n, y, r0, r1);
     }
     free(y);
-    return 0;
-}
-
-/* int8: rows r0..r1 of y for every row of x; scales bf16 (scale_bf16 = 1) or fp32. 0, or 1 without memory. */
-int int8_gemv(const uint16_t *x, const int8_t *q, const void *scales, int scale_bf16, uint16_t *out, int64_t m,
-              int64_t n, int64_t k, int64_t r0, int64_t r1) {
-    float *xf = malloc(k * sizeof(float));
-    if (!xf) return 1;
-    for (int64_t i = 0; i < m; ++i) {
-        const uint16_t *xi = x + i * k;
-        for (int64_t c = 0; c < k; ++c) xf[c] = bf2f(xi[c]);
-        int64_t r = r0;
-#ifdef GEMV_AVX512
-        const int64_t kv = k / 16 * 16;
-        for (; r + 4 <= r1; r += 4) {
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            const int8_t *w = q + r * k;
-            for (int64_t c = 0; c < kv; c += 16) {
-                const __m512 xv = _mm512_loadu_ps(xf + c);
-#define ROW(A, J) A = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + (J) * k + c)))), xv, A);
-                ROW(a0, 0) ROW(a1, 1) ROW(a2, 2) ROW(a3, 3)
-#undef ROW
-            }
-            float d[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2),
-                          _mm512_reduce_add_ps(a3)};
-            for (int j = 0; j < 4; ++j) {
-                for (int64_t c = kv; c < k; ++c) d[j] += xf[c] * (float)w[j * k + c];
-                float s = scale_bf16 ? bf2f(((const uint16_t *)scales)[r + j]) : ((const float *)scales)[r + j];
-                out[i * n + r + j] = f2bf(s * d[j]);
-            }
-        }
-#endif
-        for (; r < r1; ++r) {
-            const int8_t *w = q + r * k;
-            float d = 0.0f;
-            for (int64_t c = 0; c < k; ++c) d += xf[c] * (float)w[c];
-            float s = scale_bf16 ? bf2f(((const uint16_t *)scales)[r]) : ((const float *)scales)[r];
-            out[i * n + r] = f2bf(s * d);
-        }
-    }
-    free(xf);
     return 0;
 }

@@ -15,19 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static inline float bf2f(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f2bf(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+#include "bf16.h"
 
 /* Columns k0..k1 of Wᵀ (out holds all K rows of N); returns 0, or 1 when scratch memory ran out. */
 int int4_cpu_kn(const uint8_t *packed, const uint16_t *sz, uint16_t *out, int64_t n, int64_t k,

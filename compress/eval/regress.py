@@ -104,16 +104,28 @@ def tolerances_of(baseline: dict[str, Any], overrides: dict[str, float | None] |
     return tol
 
 
+def is_dense_reference(row: dict[str, Any], base: dict[str, Any]) -> bool:
+    """A row that is the base model itself in another dtype: every weight dense, the same bytes on disk."""
+    formats = row.get("weight_bytes_by_format") or {}
+    return (row.get("kind") == "model" and bool(formats) and set(formats) == {"dense"}
+            and row.get("size_bytes") == base.get("size_bytes"))
+
+
 def _row_checks(name: str, is_base: bool, old: dict[str, Any], new: dict[str, Any], tol: dict[str, float],
-                gate_peak: bool = True) -> list[Check]:
+                gate_peak: bool = True, base: dict[str, Any] | None = None) -> list[Check]:
     checks = []
     po, pn = old.get("perplexity"), new.get("perplexity")
     if po is not None and pn is not None:
         checks.append(Check(name, "perplexity", po, pn, po * (1 + tol["perplexity"]), True))
     if is_base:
         return checks  # the base's own ratios are 1 by definition
+    # the base in another dtype: its speed ratio measures the BLAS library's fp32 vs bf16 on this CPU
+    # (fp32 prefill ÷ bf16 moved 1.65 → 2.41 between two CI machines), not this project's code: not gated
+    timed = base is None or not is_dense_reference(new, base)
     ro, rn = old.get("ratios", {}), new.get("ratios", {})
     for key in sorted(set(ro) & set(rn)):
+        if key.startswith(LATENCY) and not timed:
+            continue
         if key.startswith("decode_tokens_per_s:"):
             checks.append(Check(name, f"{key} ÷ base", ro[key], rn[key], ro[key] * (1 - tol["latency"]), False))
         elif key.startswith("prefill_ms:"):
@@ -131,7 +143,8 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], tol: dict[str, fl
         if old["name"] not in now:
             raise CompressError(f"regress: entry {old['name']!r} of the baseline is missing from the current results")
         # the CUDA allocator's peak is exact; a CPU process's resident peak moves by a few % between runs: shown, not gated
-        checks += _row_checks(old["name"], i == 0, old, now[old["name"]], tol, baseline["env"].get("label") == "CUDA")
+        checks += _row_checks(old["name"], i == 0, old, now[old["name"]], tol, baseline["env"].get("label") == "CUDA",
+                              now.get(baseline["results"][0]["name"]))
     return checks
 
 

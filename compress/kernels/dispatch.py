@@ -1,6 +1,7 @@
 """Pick the kernel for a QuantLinear call by device, format and the number of rows M.
 
 | device | format | M | kernel |
+| cpu | int8 per-channel sym, C compiler | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out) |
 | cpu | int8 per-channel sym, K % 16 = 0 | ≤ CPU_INT8PACK_MAX_M | aten `_weight_int8pack_mm` (bf16) |
 | cpu | int4 in layout cpu_int4, C compiler | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out) |
 | cpu | int4 in layout cpu_int4 | ≤ CPU_INT4PACK_MAX_M | aten `_weight_int4pack_mm_for_cpu` (bf16) |
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from compress.kernels import native, triton_int8
 from compress.kernels.int4_tinygemm import KERNEL_DTYPE, int4_tinygemm
+from compress.kernels.ops import cpu_op
 
 if TYPE_CHECKING:
     from compress.formats.quant_linear import QuantLinear
@@ -30,28 +32,32 @@ if TYPE_CHECKING:
 # dequantize + dense matmul is faster
 CPU_INT8PACK_MAX_M = 16
 CPU_INT4PACK_MAX_M = 64
-CPU_GEMV_MAX_M = 2  # the C GEMV streams the weight once per row of x: 1.2× aten int4pack at M = 1 (call overhead included), 1.07× at M = 2
+CPU_GEMV_MAX_M = 2  # the C GEMVs stream the weight once per row of x: int4 1.2× aten int4pack at M = 1 (call overhead included), 1.07× at M = 2
 COMPILE_DEQUANT = os.environ.get("COMPRESS_COMPILE_DEQUANT", "1") != "0"  # CPU prefill path; 0 = eager
 CUDA_SMALL_M = 16  # decode-sized calls; prefill (tinygemm ~25× slower than bf16 at M=2048) dequantizes. Unmeasured: bench_kernels.py
 
 
-def _int8_per_channel_sym(mod: "QuantLinear") -> bool:
-    """What `_weight_int8pack_mm` computes; its bf16 CPU kernel reads past rows (wrong results, even a
-    segfault, torch 2.13) unless K is a multiple of 16."""
+def _int8_per_channel(mod: "QuantLinear") -> bool:
+    """What `_weight_int8pack_mm` and the C int8 GEMV compute: codes times one scale per output row."""
     s = mod.qspec
-    return s.bits == 8 and s.symmetric and s.group_size == -1 and mod.in_features % 16 == 0
+    return s.bits == 8 and s.symmetric and s.group_size == -1
 
 
-@torch.library.custom_op("compress::int8pack_mm", mutates_args=())
+def _int8_per_channel_sym(mod: "QuantLinear") -> bool:
+    """Per channel, and K a multiple of 16: aten's bf16 CPU kernel reads past rows otherwise (wrong results,
+    even a segfault, torch 2.13)."""
+    return _int8_per_channel(mod) and mod.in_features % 16 == 0
+
+
+def _int8pack_fake(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w.shape[0])
+
+
+@cpu_op("int8pack_mm(Tensor x, Tensor w, Tensor scales) -> Tensor", _int8pack_fake)
 def _int8pack_mm(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """An opaque call for torch.compile: Inductor's own lowering of this aten op fails an assertion
     on a computed input (torch 2.13, CPU), so the compiled graph calls the kernel as it is."""
     return torch.ops.aten._weight_int8pack_mm(x, w, scales)
-
-
-@_int8pack_mm.register_fake
-def _(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    return x.new_empty(x.shape[0], w.shape[0])
 
 
 def int8pack_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
@@ -116,6 +122,13 @@ def int4_gemv_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
     return native.int4_gemv(xc, mod.qweight, mod.sz, mod.out_features).to(x2d.dtype)
 
 
+def int8_gemv_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
+    """Decode-sized int8 calls: one streaming pass over the codes per row of x, fp32 sums times the row's scale
+    (x and scales in bf16, as for aten's int8pack)."""
+    scales = mod.scales[:, 0].to(KERNEL_DTYPE)
+    return native.int8_gemv(x2d.to(KERNEL_DTYPE), mod.qweight, scales).to(x2d.dtype)
+
+
 def _native_int4(x2d_dtype: torch.dtype, mod: "QuantLinear") -> bool:
     """`int4_kn_cpu` computes exactly what `dequant` does only from a bf16 table of bf16 scales."""
     return (mod.layout == "cpu_int4" and x2d_dtype == torch.bfloat16 and mod.scales.dtype == torch.bfloat16
@@ -125,13 +138,15 @@ def _native_int4(x2d_dtype: torch.dtype, mod: "QuantLinear") -> bool:
 KERNELS: dict[str, Callable[[torch.Tensor, "QuantLinear"], torch.Tensor]] = {
     "int8pack_cpu": int8pack_cpu, "int4pack_cpu": int4_tinygemm, "tinygemm": int4_tinygemm,
     "triton_int8": triton_int8.int8_triton, "int4_kn_cpu": int4_kn_cpu, "int4_gemv_cpu": int4_gemv_cpu,
-    "dequant": dequant,
+    "int8_gemv_cpu": int8_gemv_cpu, "dequant": dequant,
 }
 
 
 def choose_kernel(device: torch.device, m: int, mod: "QuantLinear", dtype: torch.dtype = torch.bfloat16) -> str:
     """The name (in KERNELS) of the kernel for an [m, K] input of `dtype` on `device`."""
     if device.type == "cpu":
+        if _int8_per_channel(mod) and m <= CPU_GEMV_MAX_M and native.available():
+            return "int8_gemv_cpu"
         if _int8_per_channel_sym(mod) and m <= CPU_INT8PACK_MAX_M:
             return "int8pack_cpu"
         if mod.layout == "cpu_int4" and m <= CPU_GEMV_MAX_M and native.available():

@@ -25,6 +25,8 @@ from typing import Callable
 
 import torch
 
+from compress.kernels.ops import cpu_op
+
 SOURCES = [Path(__file__).with_name("csrc") / name for name in ("int4_cpu_kn.c", "gemv_cpu.c")]
 HEADERS = [Path(__file__).with_name("csrc") / "bf16.h"]
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
@@ -84,13 +86,18 @@ def library(generic: bool = False) -> ctypes.CDLL | None:
                       "int4 prefill dequantizes through PyTorch", RuntimeWarning)
         return None
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    for fn, args in ((lib.int4_cpu_kn, [ptr] * 3 + [i64] * 5), (lib.int4_gemv, [ptr] * 4 + [i64] * 6)):
+    for fn, args in ((lib.int4_cpu_kn, [ptr] * 3 + [i64] * 5), (lib.int4_gemv, [ptr] * 4 + [i64] * 6),
+                     (lib.int8_gemv, [ptr] * 4 + [i64] * 5)):
         fn.restype, fn.argtypes = ctypes.c_int, args
     _LIB[name] = lib
     return lib
 
 
-@torch.library.custom_op("compress::int4_cpu_kn", mutates_args=())
+def _kn_fake(packed: torch.Tensor, sz: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    return packed.new_empty(k, n, dtype=torch.bfloat16)
+
+
+@cpu_op("int4_cpu_kn(Tensor packed, Tensor sz, int n, int k) -> Tensor", _kn_fake)
 def int4_cpu_kn(packed: torch.Tensor, sz: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """Wᵀ [K, N] in bf16 from the CPU int4pack layout and its (scale, zero) table: an opaque op, so a
     compiled graph calls it too. Split over torch's intra-op threads by columns (ctypes frees the GIL)."""
@@ -121,12 +128,11 @@ def _split(call: Callable[[tuple[int, int]], int], size: int, threads: int, unit
     return list(_POOL[0].map(call, [(a, min(size, a + step)) for a in range(0, size, step)]))
 
 
-@int4_cpu_kn.register_fake
-def _(packed: torch.Tensor, sz: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    return packed.new_empty(k, n, dtype=torch.bfloat16)
+def _int4_gemv_fake(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, n: int, generic: bool = False) -> torch.Tensor:
+    return x.new_empty(x.shape[0], n, dtype=torch.bfloat16)
 
 
-@torch.library.custom_op("compress::int4_gemv", mutates_args=())
+@cpu_op("int4_gemv(Tensor x, Tensor packed, Tensor sz, int n, bool generic=False) -> Tensor", _int4_gemv_fake)
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, n: int, generic: bool = False) -> torch.Tensor:
     """y [M, N] in bf16 = x [M, Kp] (bf16, padded to the packed K) · Wᵀ from the CPU int4pack layout and its table,
     for decode-sized M (each row of x streams the weight once). `generic`: the build without intrinsics."""
@@ -142,6 +148,23 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, n: int, g
     return out
 
 
-@int4_gemv.register_fake
-def _(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, n: int, generic: bool = False) -> torch.Tensor:
-    return x.new_empty(x.shape[0], n, dtype=torch.bfloat16)
+
+def _int8_gemv_fake(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, generic: bool = False) -> torch.Tensor:
+    return x.new_empty(x.shape[0], q.shape[0], dtype=torch.bfloat16)
+
+
+@cpu_op("int8_gemv(Tensor x, Tensor q, Tensor scales, bool generic=False) -> Tensor", _int8_gemv_fake)
+def int8_gemv(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, generic: bool = False) -> torch.Tensor:
+    """y [M, N] in bf16 = (x [M, K] bf16 · q [N, K] int8ᵀ) · scales [N] (bf16), for decode-sized M: each row of x
+    streams the codes once, sums in fp32. `generic`: the build without intrinsics."""
+    lib = library(generic)
+    assert lib is not None, "int8_gemv called without the native library"
+    x, q, scales = x.contiguous(), q.contiguous(), scales.contiguous()
+    (m, k), n = x.shape, q.shape[0]
+    out = torch.empty(m, n, dtype=torch.bfloat16)
+    args = (x.data_ptr(), q.data_ptr(), scales.data_ptr(), out.data_ptr(), m, n, k)
+    threads = torch.get_num_threads() if n * k >= GEMV_SPLIT_MIN else 1
+    if any(_split(lambda r: lib.int8_gemv(*args, *r), n, threads, 64)):
+        raise MemoryError("int8_gemv: no memory for its scratch")
+    return out
+

@@ -159,3 +159,38 @@ def test_gemv_thread_split_gives_the_same_result(monkeypatch):
         assert torch.equal(native.int4_gemv(x, mod.qweight, mod.sz, 1536), one)
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_cc
+@pytest.mark.parametrize("generic", [False, True], ids=["vector", "generic"])
+@pytest.mark.parametrize("n,k", [(1536, 576), (70, 40), (3, 17)])  # 4-row blocks and 16-wide steps, with tails of both
+def test_int8_gemv_matches_the_unquantized_weight(n, k, generic):
+    """The int8 decode GEMV (both builds) against fp64 x · Wᵀ of the original weight, through dispatch's
+    wrapper, at M = 1 and 2: a wrong row, scale or tail gives errors of order 1."""
+    if native.library(generic) is None:
+        pytest.skip("build failed")
+    case = build(QuantSpec(8, -1, True), n, k, bias=False)
+    mod = case.mod.to(torch.bfloat16)
+    for m in (1, 2):
+        x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+        scales = mod.scales[:, 0].to(torch.bfloat16)
+        y = native.int8_gemv(x.bfloat16(), mod.qweight, scales, generic)
+        assert y.shape == (m, n) and y.dtype == torch.bfloat16
+        check(y, x, case._replace(mod=mod))
+        if not generic:
+            check(quant_linear(x, mod, "int8_gemv_cpu"), x, case._replace(mod=mod))
+
+
+@needs_cc
+def test_int8_gemv_thread_split_gives_the_same_result(monkeypatch):
+    case = build(QuantSpec(8, -1, True), 1000, 576, bias=False)  # 1000 rows: the last range is not a multiple of 64
+    x = torch.randn(1, 576).bfloat16()
+    scales = case.mod.scales[:, 0].to(torch.bfloat16)
+    one = native.int8_gemv(x, case.mod.qweight, scales)
+    monkeypatch.setattr(native, "GEMV_SPLIT_MIN", 1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert torch.equal(native.int8_gemv(x, case.mod.qweight, scales), one)
+    finally:
+        torch.set_num_threads(threads)

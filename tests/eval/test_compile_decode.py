@@ -47,7 +47,11 @@ def test_decode_step_is_one_graph_without_recompiles(name, tokenizer, text_file)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     with torch._dynamo.config.patch(error_on_recompile=True):
-        compiled = StaticDecoder(model, 8 + STEPS, "compile").generate(ids, STEPS)
+        checked = StaticDecoder(model, 8 + STEPS, "compile")
+        checked.skip_guards = False  # every step's guards run, so a recompile would be seen
+        compiled = checked.generate(ids, STEPS)
     stats = torch._dynamo.utils.counters["stats"]
     assert stats["unique_graphs"] == 1, dict(stats)
     assert torch.equal(compiled, eager)
+    fast = StaticDecoder(model, 8 + STEPS, "compile").generate(ids, STEPS)  # guards skipped after the first step
+    assert torch.equal(fast, eager)

@@ -25,6 +25,9 @@
 #if defined(__AVX512BF16__) && defined(__AVX512VBMI__) && defined(__AVX512BW__) && !defined(COMPRESS_GENERIC)
 #define GEMV_AVX512 1
 #include <immintrin.h>
+/* Bytes ahead of each weight stream to prefetch: out of cache, 1536 x 576 on one Sapphire Rapids thread took
+ * int8 50 -> 34 us and int4 30 -> 28 us (in cache a few % slower; a decode step reads every weight once). */
+#define PREFETCH 4096
 #endif
 
 /* Rows r0..r1 of one int4 output row y (N values) from the codes `at(k, r)` of those rows: generic sums. */
@@ -80,6 +83,7 @@ static void int4_block_avx512(const uint16_t *x, const uint8_t *packed, const ui
             uint32_t xp;
             memcpy(&xp, x + c, 4);
             const __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xp);
+            _mm_prefetch((const char *)(p + c * 32 + PREFETCH), _MM_HINT_T0);
             const __m512i v = _mm512_loadu_si512(p + c * 32);
             const __m512i a = _mm512_maskz_permutexvar_epi8(keep, p0, v);  /* rows 0..15 | 32..47 */
             const __m512i e = _mm512_maskz_permutexvar_epi8(keep, p1, v);  /* rows 16..31 | 48..63 */
@@ -159,6 +163,7 @@ int int8_gemv(const uint16_t *x, const int8_t *q, const uint16_t *scales, uint16
             const int8_t *w = q + r * k;
             for (int64_t c = 0; c < kv; c += 16) {
                 const __m512 xv = _mm512_loadu_ps(xf + c);
+                for (int j = 0; j < 4; ++j) _mm_prefetch((const char *)(w + j * k + c + PREFETCH), _MM_HINT_T0);
 #define ROW(A, J) A = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + (J) * k + c)))), xv, A);
                 ROW(a0, 0) ROW(a1, 1) ROW(a2, 2) ROW(a3, 3)
 #undef ROW

@@ -1,39 +1,37 @@
-"""Small C kernels for the CPU, compiled on first use with the system C compiler and called through ctypes.
+"""Small C kernels for the CPU, built on first use with the system compilers and registered as torch operators.
 
 Why C: the int4 prefill path dequantizes the weight on every call, and Inductor's best version of the
 CPU layout's unpack needs a transposing copy (0.5–0.9 ms per 1536×576 weight, 10–19% of the bf16
 matmul it feeds). `csrc/int4_cpu_kn.c` writes Wᵀ in one streaming pass instead (about a third of
-the time, bit-equal output). At decode sizes aten's int4pack kernel reads its bytes at about half
-the rate a streaming loop does: `csrc/gemv_cpu.c` computes x · Wᵀ from the same layout with
-AVX512-BF16 dot products (a generic C loop elsewhere). No torch headers are needed, so the build takes well under a second;
-the library is cached per source, flags and CPU (``COMPRESS_CACHE`` or ~/.cache/compress) and
-written atomically, so concurrent processes share it. ``COMPRESS_NATIVE=0`` turns it off; without
-a compiler (or if the build fails) the callers keep their PyTorch path, after one warning.
+the time, bit-equal output). At decode sizes aten's int4pack and int8pack kernels read their bytes at
+about half the rate a streaming loop does: `csrc/gemv_cpu.c` computes x · Wᵀ from the same layouts with
+AVX512-BF16 dot products (int4) and fp32 FMAs (int8), or generic C loops elsewhere. `csrc/ops.cpp` makes
+them torch operators (`torch.ops.compress.*`: ~2 µs a call through the dispatcher, split over torch's
+threads), so a compiled decode step calls them as they are. The build (~10 s: torch's headers) is cached
+per source, flags, CPU and torch (``COMPRESS_CACHE`` or ~/.cache/compress) and written atomically, so
+concurrent processes share it. ``COMPRESS_NATIVE=0`` turns it off; without compilers (or if the build
+fails) the callers keep their PyTorch path, after one warning.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from compress.kernels.ops import cpu_op
-
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("int4_cpu_kn.c", "gemv_cpu.c")]
-HEADERS = [Path(__file__).with_name("csrc") / "bf16.h"]
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
-SPLIT_MIN = 1 << 18  # weights with fewer elements than this are unpacked on one thread (pool overhead)
-GEMV_SPLIT_MIN = 1 << 22  # a GEMV of a smaller weight takes less time than handing it to the pool (~20 µs)
-_LIB: dict[str, ctypes.CDLL | None] = {}
-_POOL: list[ThreadPoolExecutor] = []
+CSRC = Path(__file__).with_name("csrc")
+C_SOURCES = [CSRC / "int4_cpu_kn.c", CSRC / "gemv_cpu.c"]
+SOURCES = [*C_SOURCES, CSRC / "ops.cpp", CSRC / "bf16.h"]
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fPIC"]
+GENERIC = ["-DCOMPRESS_GENERIC", "-Dint4_gemv=int4_gemv_generic", "-Dint8_gemv=int8_gemv_generic"]
+SPLIT_MIN = 1 << 18  # weights with fewer elements than this are unpacked on one thread
+GEMV_SPLIT_MIN = 1 << 18  # and multiplied on one thread: below it waking the others costs more than they save
+_LIB: dict[str, Path | None] = {}
 
 
 def _cpu_id() -> str:
@@ -48,68 +46,69 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("COMPRESS_CACHE") or Path.home() / ".cache" / "compress") / "native"
 
 
-def _build(cc: str, flags: list[str]) -> Path:
-    src = b"".join(p.read_bytes() for p in SOURCES + HEADERS)
-    key = hashlib.sha1(src + " ".join([cc, *flags, _cpu_id()]).encode()).hexdigest()[:16]
-    lib = _cache_dir() / f"compress_cpu-{key}.so"
+def _compilers() -> tuple[str, str]:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if cc is None or cxx is None:
+        raise FileNotFoundError("no C and C++ compilers (cc/gcc, c++/g++) on PATH")
+    return cc, cxx
+
+
+def _build(cc: str, cxx: str) -> Path:
+    """The operator library: three C objects (the kernels, and the GEMVs again without intrinsics under other
+    names) linked into the C++ operators against this torch."""
+    from torch.utils import cpp_extension
+
+    torch_lib = Path(torch.__file__).parent / "lib"
+    cxx_flags = [*FLAGS, "-std=c++17", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+                 *(f"-I{p}" for p in cpp_extension.include_paths())]
+    src = b"".join(p.read_bytes() for p in SOURCES)
+    key = hashlib.sha1(src + " ".join([cc, cxx, *cxx_flags, torch.__version__, str(torch_lib), _cpu_id()]).encode())
+    lib = _cache_dir() / f"compress_ops-{key.hexdigest()[:16]}.so"
     if lib.exists():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=lib.parent, suffix=".so.tmp")
-    os.close(fd)
-    try:
-        subprocess.run([cc, *flags, "-o", tmp, *map(str, SOURCES), "-lm"], check=True, capture_output=True, timeout=120)
-        os.replace(tmp, lib)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with tempfile.TemporaryDirectory(dir=lib.parent, suffix=".tmp") as tmp:
+        objs = []
+        for name, source, extra in (("kn", C_SOURCES[0], []), ("gemv", C_SOURCES[1], []), ("generic", C_SOURCES[1], GENERIC)):
+            objs.append(f"{tmp}/{name}.o")
+            subprocess.run([cc, *FLAGS, *extra, "-c", str(source), "-o", objs[-1]], check=True, capture_output=True, timeout=120)
+        out = f"{tmp}/ops.so"
+        subprocess.run([cxx, *cxx_flags, "-shared", str(CSRC / "ops.cpp"), *objs, f"-L{torch_lib}", "-lc10", "-ltorch_cpu",
+                        f"-Wl,-rpath,{torch_lib}", "-lm", "-o", out], check=True, capture_output=True, timeout=300)
+        os.replace(out, lib)
     return lib
 
 
-def library(generic: bool = False) -> ctypes.CDLL | None:
-    """The compiled kernels, or None (disabled, no compiler, failed build: warned once). `generic`: the build
-    without vector intrinsics (what a CPU without AVX512-BF16 runs; the tests check it too)."""
-    name = "generic" if generic else "lib"
-    if name in _LIB:
-        return _LIB[name]
-    _LIB[name] = None
+def library() -> Path | None:
+    """The loaded operator library, or None (disabled, no compilers, failed build: warned once)."""
+    if "lib" in _LIB:
+        return _LIB["lib"]
+    _LIB["lib"] = None
     if os.environ.get("COMPRESS_NATIVE", "1") == "0":
         return None
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     try:
-        if cc is None:
-            raise FileNotFoundError("no C compiler (cc/gcc) on PATH")
-        lib = ctypes.CDLL(str(_build(cc, FLAGS + ["-DCOMPRESS_GENERIC"] * generic)))
-    except (OSError, subprocess.SubprocessError) as e:
+        path = _build(*_compilers())
+        if not hasattr(torch.ops.compress, "int4_gemv"):  # a library loaded once stays registered
+            torch.ops.load_library(str(path))
+            _register_fakes()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", b"") or b""
-        warnings.warn(f"native CPU kernels unavailable ({type(e).__name__}: {e} {detail.decode(errors='replace')[:200]}); "
-                      "int4 prefill dequantizes through PyTorch", RuntimeWarning)
+        warnings.warn(f"native CPU kernels unavailable ({type(e).__name__}: {e} {detail.decode(errors='replace')[:300]}); "
+                      "int decode and int4 prefill run through PyTorch", RuntimeWarning)
         return None
-    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    for fn, args in ((lib.int4_cpu_kn, [ptr] * 3 + [i64] * 5), (lib.int4_gemv, [ptr] * 4 + [i64] * 6),
-                     (lib.int8_gemv, [ptr] * 4 + [i64] * 5)):
-        fn.restype, fn.argtypes = ctypes.c_int, args
-    _LIB[name] = lib
-    return lib
+    _LIB["lib"] = path
+    return path
 
 
-def _kn_fake(packed: torch.Tensor, sz: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    return packed.new_empty(k, n, dtype=torch.bfloat16)
-
-
-@cpu_op("int4_cpu_kn(Tensor packed, Tensor sz, int n, int k) -> Tensor", _kn_fake)
-def int4_cpu_kn(packed: torch.Tensor, sz: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """Wᵀ [K, N] in bf16 from the CPU int4pack layout and its (scale, zero) table: an opaque op, so a
-    compiled graph calls it too. Split over torch's intra-op threads by columns (ctypes frees the GIL)."""
-    lib = library()
-    assert lib is not None, "int4_cpu_kn called without the native library"
-    packed, sz = packed.contiguous(), sz.contiguous()
-    out = torch.empty(k, n, dtype=torch.bfloat16)
-    args = (packed.data_ptr(), sz.data_ptr(), out.data_ptr(), n, k, sz.shape[0])
-    threads = torch.get_num_threads() if n * k >= SPLIT_MIN else 1
-    if any(_split(lambda r: lib.int4_cpu_kn(*args, *r), k, threads, 1)):
-        raise MemoryError("int4_cpu_kn: no memory for its scale scratch")
-    return out
+def _register_fakes() -> None:
+    """Shapes for tracing (torch.compile): the kernels themselves run only on real tensors."""
+    bf16 = torch.bfloat16
+    torch.library.register_fake("compress::int4_cpu_kn")(lambda packed, sz, n, k, min_split: packed.new_empty(k, n, dtype=bf16))
+    torch.library.register_fake("compress::int4_gemv")(
+        lambda x, packed, sz, n, min_split, generic=False: x.new_empty(x.shape[0], n, dtype=bf16))
+    torch.library.register_fake("compress::int8_gemv")(
+        lambda x, q, scales, min_split, generic=False: x.new_empty(x.shape[0], q.shape[0], dtype=bf16))
 
 
 @torch.compiler.assume_constant_result
@@ -118,53 +117,19 @@ def available() -> bool:
     return library() is not None
 
 
-def _split(call: Callable[[tuple[int, int]], int], size: int, threads: int, unit: int) -> list[int]:
-    """`call` on ranges of [0, size) (multiples of `unit`, the last one ending at size), one per thread of the pool."""
-    if threads <= 1:
-        return [call((0, size))]
-    if not _POOL or _POOL[0]._max_workers < threads:
-        _POOL[:] = [ThreadPoolExecutor(threads, thread_name_prefix="compress-native")]
-    step = -(-size // threads // unit) * unit
-    return list(_POOL[0].map(call, [(a, min(size, a + step)) for a in range(0, size, step)]))
+def int4_cpu_kn(packed: torch.Tensor, sz: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Wᵀ [K, N] in bf16 from the CPU int4pack layout and its (scale, zero) table, split over torch's threads by
+    columns."""
+    return torch.ops.compress.int4_cpu_kn(packed.contiguous(), sz.contiguous(), n, k, SPLIT_MIN)
 
 
-def _int4_gemv_fake(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, n: int, generic: bool = False) -> torch.Tensor:
-    return x.new_empty(x.shape[0], n, dtype=torch.bfloat16)
-
-
-@cpu_op("int4_gemv(Tensor x, Tensor packed, Tensor sz, int n, bool generic=False) -> Tensor", _int4_gemv_fake)
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, n: int, generic: bool = False) -> torch.Tensor:
     """y [M, N] in bf16 = x [M, Kp] (bf16, padded to the packed K) · Wᵀ from the CPU int4pack layout and its table,
-    for decode-sized M (each row of x streams the weight once). `generic`: the build without intrinsics."""
-    lib = library(generic)
-    assert lib is not None, "int4_gemv called without the native library"
-    x, packed, sz = x.contiguous(), packed.contiguous(), sz.contiguous()
-    m, k = x.shape
-    out = torch.empty(m, n, dtype=torch.bfloat16)
-    args = (x.data_ptr(), packed.data_ptr(), sz.data_ptr(), out.data_ptr(), m, n, k, sz.shape[0])
-    threads = torch.get_num_threads() if n * k >= GEMV_SPLIT_MIN else 1
-    if any(_split(lambda r: lib.int4_gemv(*args, *r), n, threads, 64)):
-        raise MemoryError("int4_gemv: no memory for its scratch")
-    return out
+    for decode-sized M (each row of x streams the weight once). `generic`: the kernel without intrinsics."""
+    return torch.ops.compress.int4_gemv(x.contiguous(), packed, sz, n, GEMV_SPLIT_MIN, generic)
 
 
-
-def _int8_gemv_fake(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, generic: bool = False) -> torch.Tensor:
-    return x.new_empty(x.shape[0], q.shape[0], dtype=torch.bfloat16)
-
-
-@cpu_op("int8_gemv(Tensor x, Tensor q, Tensor scales, bool generic=False) -> Tensor", _int8_gemv_fake)
 def int8_gemv(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, generic: bool = False) -> torch.Tensor:
     """y [M, N] in bf16 = (x [M, K] bf16 · q [N, K] int8ᵀ) · scales [N] (bf16), for decode-sized M: each row of x
-    streams the codes once, sums in fp32. `generic`: the build without intrinsics."""
-    lib = library(generic)
-    assert lib is not None, "int8_gemv called without the native library"
-    x, q, scales = x.contiguous(), q.contiguous(), scales.contiguous()
-    (m, k), n = x.shape, q.shape[0]
-    out = torch.empty(m, n, dtype=torch.bfloat16)
-    args = (x.data_ptr(), q.data_ptr(), scales.data_ptr(), out.data_ptr(), m, n, k)
-    threads = torch.get_num_threads() if n * k >= GEMV_SPLIT_MIN else 1
-    if any(_split(lambda r: lib.int8_gemv(*args, *r), n, threads, 64)):
-        raise MemoryError("int8_gemv: no memory for its scratch")
-    return out
-
+    streams the codes once, sums in fp32. `generic`: the kernel without intrinsics."""
+    return torch.ops.compress.int8_gemv(x.contiguous(), q, scales.contiguous(), GEMV_SPLIT_MIN, generic)

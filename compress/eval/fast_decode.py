@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import types
 import warnings
 from typing import Callable
 
@@ -45,6 +46,21 @@ def compile_step(fn: Callable[..., torch.Tensor], device: torch.device) -> Calla
     if device.type == "cuda":
         return torch.compile(fn, mode="reduce-overhead", fullgraph=True, dynamic=False)
     return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
+def _next_token(tok: torch.Tensor, pos: torch.Tensor, dec: "StaticDecoder | None" = None) -> torch.Tensor:
+    """One token per row at cache position `pos` → the next greedy token per row [B, 1] (grad mode: the caller's)."""
+    assert dec is not None
+    logits = dec.model(input_ids=tok, **{dec._cache_kw: dec.cache}, cache_position=pos, use_cache=True).logits
+    return logits[:, -1].argmax(-1, keepdim=True)
+
+
+def _bound_step(dec: "StaticDecoder") -> Callable[..., torch.Tensor]:
+    """`_next_token` with `dec` as its last default: a plain function for dynamo to compile. Compiling the decoder's
+    no_grad-wrapped method instead made decoders in one process share a compiled frame and check each other's
+    guards every step: two SmolLM2 int4 decoders, as `bench --interleave` keeps them, decoded at 64 tok/s each
+    where one alone ran at 93 (2 threads); bound this way, two ran at 89 and 90."""
+    return types.FunctionType(_next_token.__code__, _next_token.__globals__, "_next_token", (dec,))
 
 
 class StaticDecoder:
@@ -76,9 +92,7 @@ class StaticDecoder:
 
     @torch.no_grad()
     def _eager_step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """One token per row at cache position `pos` → the next greedy token per row [B, 1]."""
-        logits = self.model(input_ids=tok, **{self._cache_kw: self.cache}, cache_position=pos, use_cache=True).logits
-        return logits[:, -1].argmax(-1, keepdim=True)
+        return _next_token(tok, pos, self)
 
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
@@ -96,7 +110,7 @@ class StaticDecoder:
         if self.mode == "eager":
             self._step = self._eager_step
         elif self.mode == "compile":
-            compiled = compile_step(self._eager_step, self.device)
+            compiled = compile_step(_bound_step(self), self.device)
             cuda = self.device.type == "cuda"
             built: list[torch.Size] = []  # the token shape of the first (compiling) call
 

@@ -60,7 +60,8 @@ def _build(cc: str, cxx: str) -> Path:
     from torch.utils import cpp_extension
 
     torch_lib = Path(torch.__file__).parent / "lib"
-    cxx_flags = [*FLAGS, "-std=c++17", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+    # -fopenmp: at::parallel_for is OpenMP in torch's headers (serial without it); libgomp.so.1 is the one torch loaded
+    cxx_flags = [*FLAGS, "-std=c++17", "-fopenmp", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
                  *(f"-I{p}" for p in cpp_extension.include_paths())]
     src = b"".join(p.read_bytes() for p in SOURCES)
     key = hashlib.sha1(src + " ".join([cc, cxx, *cxx_flags, torch.__version__, str(torch_lib), _cpu_id()]).encode())

@@ -1,9 +1,9 @@
 """Pick the kernel for a QuantLinear call by device, format and the number of rows M.
 
 | device | format | M | kernel |
-| cpu | int8 per-channel sym, C compiler | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out) |
+| cpu | int8 per-channel sym, C/C++ compilers | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out) |
 | cpu | int8 per-channel sym, K % 16 = 0 | ≤ CPU_INT8PACK_MAX_M | aten `_weight_int8pack_mm` (bf16) |
-| cpu | int4 in layout cpu_int4, C compiler | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out) |
+| cpu | int4 in layout cpu_int4, C/C++ compilers | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out) |
 | cpu | int4 in layout cpu_int4 | ≤ CPU_INT4PACK_MAX_M | aten `_weight_int4pack_mm_for_cpu` (bf16) |
 | cpu | int4 in layout cpu_int4, bf16 x and scales, C compiler | larger | Wᵀ from a C unpack (`native`), dense matmul |
 | cuda | int4 in layout cuda_tinygemm | ≤ 16 | aten `_weight_int4pack_mm` (tinygemm, bf16) |
@@ -43,7 +43,7 @@ def _int8_per_channel(mod: "QuantLinear") -> bool:
     return s.bits == 8 and s.symmetric and s.group_size == -1
 
 
-def _int8_per_channel_sym(mod: "QuantLinear") -> bool:
+def _int8pack_ok(mod: "QuantLinear") -> bool:
     """Per channel, and K a multiple of 16: aten's bf16 CPU kernel reads past rows otherwise (wrong results,
     even a segfault, torch 2.13)."""
     return _int8_per_channel(mod) and mod.in_features % 16 == 0
@@ -147,7 +147,7 @@ def choose_kernel(device: torch.device, m: int, mod: "QuantLinear", dtype: torch
     if device.type == "cpu":
         if _int8_per_channel(mod) and m <= CPU_GEMV_MAX_M and native.available():
             return "int8_gemv_cpu"
-        if _int8_per_channel_sym(mod) and m <= CPU_INT8PACK_MAX_M:
+        if _int8pack_ok(mod) and m <= CPU_INT8PACK_MAX_M:
             return "int8pack_cpu"
         if mod.layout == "cpu_int4" and m <= CPU_GEMV_MAX_M and native.available():
             return "int4_gemv_cpu"

@@ -20,7 +20,7 @@ CPU = torch.device("cpu")
 def cpu_kernels(mod) -> list[str]:
     """The kernels that can run this module on a CPU."""
     names = ["dequant"]
-    if dispatch._int8_per_channel_sym(mod):
+    if dispatch._int8pack_ok(mod):
         names.append("int8pack_cpu")
     if dispatch._int8_per_channel(mod) and native.library() is not None:
         names.append("int8_gemv_cpu")

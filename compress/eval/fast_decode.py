@@ -16,6 +16,7 @@ The step never syncs with the host, so tokens/s counts the model's work.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 import types
@@ -46,6 +47,16 @@ def compile_step(fn: Callable[..., torch.Tensor], device: torch.device) -> Calla
     if device.type == "cuda":
         return torch.compile(fn, mode="reduce-overhead", fullgraph=True, dynamic=False)
     return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
+_CAN_SKIP_GUARDS = "skip_guard_eval_unsafe" in inspect.signature(torch.compiler.set_stance).parameters
+
+
+def _guards(skip: bool) -> contextlib.AbstractContextManager[None]:
+    """Dynamo's guard checks skipped when `skip` (torch ≥ 2.7 has the switch; older ones keep their guards)."""
+    if skip and _CAN_SKIP_GUARDS:
+        return torch.compiler.set_stance(skip_guard_eval_unsafe=True)
+    return contextlib.nullcontext()
 
 
 def _next_token(tok: torch.Tensor, pos: torch.Tensor, dec: "StaticDecoder | None" = None) -> torch.Tensor:
@@ -117,7 +128,7 @@ class StaticDecoder:
             def step(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
                 if cuda:
                     torch.compiler.cudagraph_mark_step_begin()
-                with torch.compiler.set_stance(skip_guard_eval_unsafe=self.skip_guards and built == [t.shape]):
+                with _guards(skip=self.skip_guards and built == [t.shape]):
                     out = compiled(t, p).clone()
                 built[:] = built or [t.shape]
                 return out

@@ -15,17 +15,14 @@ is the time to read the model's bytes once at the streaming read bandwidth measu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 import compress
-from compress.eval import fast_decode
 from compress.eval.fast_decode import StaticDecoder
 from compress.eval.speed import memory_bytes
 from compress.models import load_model
@@ -51,25 +48,6 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> int:
 
 def rss_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
-
-
-@contextlib.contextmanager
-def building(mode: str) -> Iterator[None]:
-    """Steps built inside use `mode`'s Inductor settings (`max`: freezing + max-autotune, set globally:
-    passed as compile options, freezing was not applied, torch 2.13)."""
-    if mode != "max":
-        yield
-        return
-    import torch._inductor.config as inductor
-
-    build = fast_decode.compile_step
-    fast_decode.compile_step = lambda fn, device: torch.compile(fn, mode="max-autotune-no-cudagraphs", fullgraph=True,
-                                                                dynamic=False)
-    try:
-        with inductor.patch(freezing=True):
-            yield
-    finally:
-        fast_decode.compile_step = build
 
 
 def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
@@ -104,11 +82,10 @@ def main() -> None:
                 model = load(spec).eval()  # a copy per mode: a compiled step is cached per model
                 sizes[spec] = memory_bytes(model)
                 before = rss_mib()
-                dec = StaticDecoder(model, 32 + a.steps + 1, "eager" if mode == "eager" else "compile")
+                dec = StaticDecoder(model, 32 + a.steps + 1, mode)
                 first = dec.prefill(ids)
                 t = time.perf_counter()
-                with building(mode):
-                    tokens[(spec, mode)] = dec.decode(first, 32, a.steps)  # builds the compiled step
+                tokens[(spec, mode)] = dec.decode(first, 32, a.steps)  # builds the compiled step
                 built[(spec, mode)] = time.perf_counter() - t
                 grown[(spec, mode)] = rss_mib() - before
                 print(f"{spec} {mode}: ready in {built[(spec, mode)]:.1f} s, RSS +{grown[(spec, mode)]:.0f} MiB", flush=True)

@@ -229,7 +229,7 @@ def bench(
     prompt_len: int = typer.Option(32, min=1, help="Prompt tokens before the timed decode steps."),
     warmup: Optional[int] = typer.Option(None, min=0, help="Untimed runs first (default: 3 CUDA, 1 CPU)."),
     repeats: Optional[int] = typer.Option(None, min=1, help="Timed runs; the median is reported (default: 10 CUDA, 3 CPU)."),
-    decode_mode: str = typer.Option("auto", help="auto, eager, graph or compile (auto: compile, torch.compile fullgraph; graph: CUDA only)."),
+    decode_mode: str = typer.Option("auto", help="auto, eager, graph, compile or max (auto: compile, torch.compile fullgraph; max: Inductor max-autotune, with freezing on a CPU: the fastest dense rows, slower to build; graph: CUDA only)."),
     interleave: bool = typer.Option(False, "--interleave", help="Time all models round-robin (all in memory; eager decode): ratios survive a busy CPU."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: torch's); 1 keeps CPU timings stable on a busy machine."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),

@@ -55,3 +55,29 @@ def test_decode_step_is_one_graph_without_recompiles(name, tokenizer, text_file)
     assert torch.equal(compiled, eager)
     fast = StaticDecoder(model, 8 + STEPS, "compile").generate(ids, STEPS)  # guards skipped after the first step
     assert torch.equal(fast, eager)
+
+
+@pytest.mark.parametrize("name", ["dense", "int4-g64+int8-tied-head"])
+def test_max_mode_is_one_graph_with_eagers_tokens(name, tokenizer, text_file):
+    """`--decode-mode max` (max-autotune, freezing on a CPU: the fastest dense rows) compiles the same step whole."""
+    model = compressed(name, tokenizer, text_file)
+    ids = torch.randint(0, 300, (1, 8), generator=torch.Generator().manual_seed(0))
+    eager = StaticDecoder(model, 8 + 16, "eager").generate(ids, 16)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    dec = StaticDecoder(model, 8 + 16, "max")
+    assert torch.equal(dec.generate(ids, 16), eager)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_max_mode_freezes_on_cpu_only_while_building():
+    import torch._inductor.config as inductor
+
+    from compress.eval.fast_decode import building
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with building("max", cpu):
+        assert inductor.freezing
+    for mode, device in (("compile", cpu), ("", cpu), ("max", cuda)):
+        with building(mode, device):
+            assert not inductor.freezing

@@ -58,7 +58,7 @@ def test_auto_falls_back_to_eager_when_compiling_fails(tiny_model, monkeypatch):
     an explicit `compile` raises."""
     from compress.eval import fast_decode
 
-    def broken(fn, device):
+    def broken(fn, device, mode="compile"):
         def step(*a):
             raise RuntimeError("no C++ compiler found")
         return step

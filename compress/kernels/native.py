@@ -57,12 +57,10 @@ def _compilers() -> tuple[str, str]:
 def _build(cc: str, cxx: str) -> Path:
     """The operator library: three C objects (the kernels, and the GEMVs again without intrinsics under other
     names) linked into the C++ operators against this torch."""
-    from torch.utils import cpp_extension
-
     torch_lib = Path(torch.__file__).parent / "lib"
     # -fopenmp: at::parallel_for is OpenMP in torch's headers (serial without it); libgomp.so.1 is the one torch loaded
     cxx_flags = [*FLAGS, "-std=c++17", "-fopenmp", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-                 *(f"-I{p}" for p in cpp_extension.include_paths())]
+                 f"-I{torch_lib.parent / 'include'}"]  # ATen and torch/library.h (cpp_extension would need setuptools)
     src = b"".join(p.read_bytes() for p in SOURCES)
     key = hashlib.sha1(src + " ".join([cc, cxx, *cxx_flags, torch.__version__, str(torch_lib), _cpu_id()]).encode())
     lib = _cache_dir() / f"compress_ops-{key.hexdigest()[:16]}.so"

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from compress.errors import CompressError
 from compress.formats import FORMATS, PackedLinear
+from compress.formats.quant_linear import QuantLinear
 from compress.formats.tied_embedding import QuantEmbedding, tied_names
 from compress.fsutil import atomic_dir
 from compress.select import set_module
@@ -183,9 +184,14 @@ def _load(path: Path, device: torch.device | str | None, dtype: torch.dtype | No
         emb = model.get_submodule(emb_name)
         set_module(model, emb_name, QuantEmbedding(model.get_submodule(head_name), getattr(emb, "padding_idx", None)))
     state = load_file(str(path / WEIGHTS))
+    raw_dtypes = {k: v.dtype for k, v in state.items()}
     own = model.state_dict()
     state = {k: (v.to(own[k].dtype) if v.is_floating_point() and k in own else v) for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
+    for name in manifest["formats"]:
+        mod, stored = model.get_submodule(name), raw_dtypes.get(f"{name}.scales")
+        if isinstance(mod, QuantLinear) and stored is not None and stored != dtype and torch.promote_types(stored, dtype) == dtype:
+            mod.hold_params_in(stored)  # not widened: see QuantLinear._apply
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:

@@ -47,11 +47,21 @@ def pick_device(spec: str | torch.device | None) -> torch.device:
     return dev
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 / AMX, as oneDNN sees it). Without it (AVX2-only
+    CPUs such as AMD Zen 3) a bf16 matmul falls back to aten's reference loops: a SmolLM2 prefill of 512 tokens
+    took minutes there, against well under a second in fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def compute_dtype(device: torch.device, packed_int: bool = False) -> torch.dtype:
-    """bf16 on GPUs. On CPUs fp32 for dense models (the passes' arithmetic, and the reference), bf16 for
-    models with packed int weights: their CPU kernels run in bf16, and the rest of the model in bf16
-    decoded faster too (docs/benchmarking.md, benchmarks/cpu_dtype.py)."""
-    return torch.bfloat16 if device.type == "cuda" or packed_int else torch.float32
+    """bf16 on GPUs. On CPUs fp32 for dense models (the passes' arithmetic, and the reference), and bf16 for
+    models with packed int weights where the CPU has bf16 hardware: their kernels run in bf16, and the rest of
+    the model in bf16 decoded faster too (docs/benchmarking.md, benchmarks/cpu_dtype.py). Elsewhere fp32."""
+    return torch.bfloat16 if device.type == "cuda" or (packed_int and cpu_has_bf16()) else torch.float32
 
 
 def head_dim(config: object) -> int:

@@ -90,9 +90,12 @@ def environment(device: torch.device, s: BenchSettings) -> dict[str, Any]:
     """Where and how the numbers were taken."""
     import transformers
 
+    from compress.models import cpu_has_bf16
+
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-    return {"device": str(device), "device_name": name, "label": "CUDA" if device.type == "cuda" else "CPU",
+    cpu = {"cpu_bf16": cpu_has_bf16()} if device.type == "cpu" else {}  # which kernels ran: see check_same_setup
+    return {"device": str(device), "device_name": name, "label": "CUDA" if device.type == "cuda" else "CPU", **cpu,
             "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "warmup": s.warmup, "repeats": s.repeats,

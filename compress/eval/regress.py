@@ -164,8 +164,19 @@ def check_same_setup(baseline: dict[str, Any], current: dict[str, Any]) -> None:
     if baseline["env"].get("label") != current["env"].get("label"):
         raise CompressError(f"regress: baseline was measured on {baseline['env'].get('label')}, the current run on "
                             f"{current['env'].get('label')}; compare like with like (--device)")
+    bf16 = [r["env"].get("cpu_bf16") for r in (baseline, current)]
+    if None not in bf16 and bf16[0] != bf16[1]:
+        has = {True: "with", False: "without"}
+        raise CompressError(f"regress: baseline was measured on a CPU {has[bf16[0]]} bf16 hardware, this one is "
+                            f"{has[bf16[1]]} (other kernels and compute dtype: ratios do not compare); use "
+                            f"{cpu_baseline(bf16[1])}")
     if baseline["results"][0]["name"] != current["results"][0]["name"]:
         raise CompressError(f"regress: the base differs ({baseline['results'][0]['name']!r} vs {current['results'][0]['name']!r})")
+
+
+def cpu_baseline(bf16: bool) -> str:
+    """The CI gate's baseline for a CPU with or without bf16 hardware (scripts/ci_gate.sh picks it)."""
+    return "benchmarks/baseline-cpu.json" if bf16 else "benchmarks/baseline-cpu-avx2.json"
 
 
 def regress_table(checks: list[Check]) -> str:
@@ -255,5 +266,5 @@ def keep_best_latency(current: dict[str, Any], again: dict[str, Any]) -> None:
         row["latency_runs"] = row.get("latency_runs", 1) + 1
 
 
-__all__ = ["DEFAULT_TOLERANCES", "Check", "check_same_setup", "compare", "load_report", "regress",
+__all__ = ["DEFAULT_TOLERANCES", "Check", "check_same_setup", "compare", "cpu_baseline", "load_report", "regress",
            "regress_table", "save_baseline", "tolerances_of"]

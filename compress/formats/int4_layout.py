@@ -7,7 +7,10 @@ holds one copy of the weight and the forward is a single kernel call (no cache, 
 - ``cpu_int4`` (`_weight_int4pack_mm_for_cpu`): uint8 [N, K/2], rows in blocks of 64 (a last
   block of N mod 64 rows, N % 16 = 0); each block is stored k-major, byte j of a full block holding
   rows j (low nibble) and j + 32 (high), of a partial block rows 2j and 2j + 1. Written here as
-  reshapes, checked against aten's own converter in the tests.
+  reshapes, checked against aten's own converter in the tests. aten's converter writes this layout only
+  where torch runs its AVX512 kernels; on AVX2-only CPUs (AMD Zen 3) it blocks 32 rows, so its kernel
+  reads this layout wrongly there (`aten_cpu_layout_matches`) and only our C kernels (`kernels/native`) and
+  the dequantizing path run it.
 - ``cuda_tinygemm`` (`_weight_int4pack_mm`): int32 tiles made by aten's converter; the inverse
   is found by converting probe codes (`nibble_sources`), so it is exact by construction. It is
   kept once per weight shape and device (int32, 4 bytes per weight of that shape; counted by
@@ -20,6 +23,19 @@ from typing import Callable
 import torch
 
 BLOCK_N = 64  # rows per block of the CPU layout
+
+
+_ATEN_MATCHES: list[bool] = []
+
+
+@torch.compiler.assume_constant_result
+def aten_cpu_layout_matches() -> bool:
+    """Whether aten's CPU int4pack converter (and so its kernel) uses this layout on this CPU: probed once."""
+    if not _ATEN_MATCHES:
+        codes = torch.arange(BLOCK_N * 32, dtype=torch.int32).reshape(BLOCK_N, 32) % 16
+        aten = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        _ATEN_MATCHES.append(bool(torch.equal(aten, cpu_pack(codes))))
+    return _ATEN_MATCHES[0]
 
 
 def _nibbles(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -167,11 +167,27 @@ class QuantLinear(PackedLinear):
         return super().__getattr__(name)
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
-        """Device and dtype moves go through the portable layout, then into the new device's kernel layout."""
+        """Device and dtype moves go through the portable layout, then into the new device's kernel layout.
+        Scales and zero points are not widened (bf16 → fp32 would add bytes and no value): an fp32 model on a
+        CPU without bf16 hardware still serves its bf16 scales from the int4 kernel's table. Narrowing casts them."""
         self.set_layout("portable")
+        kept = {n: b.dtype for n, b in self._buffers.items() if n in ("scales", "zeros") and b is not None}
         super()._apply(fn, recurse)
+        for n, dtype in kept.items():
+            b = self._buffers.get(n)
+            if b is not None and b.dtype != dtype and b.is_floating_point() and torch.promote_types(dtype, b.dtype) == b.dtype:
+                self._buffers[n] = b.to(dtype)
         self.set_layout(self.kernel_layout())
         return self
+
+    def hold_params_in(self, dtype: torch.dtype) -> None:
+        """Hold scales and zero points in `dtype` (a checkpoint's bf16, in an fp32 model: the same values in half
+        the bytes, served from the int4 kernel's table)."""
+        self.set_layout("portable")
+        for n in ("scales", "zeros"):
+            if self._buffers.get(n) is not None:
+                self._buffers[n] = self._buffers[n].to(dtype)
+        self.set_layout(self.kernel_layout())
 
     def zero_points(self) -> torch.Tensor:
         if self.zeros is not None:

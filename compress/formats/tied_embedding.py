@@ -23,12 +23,15 @@ class QuantEmbedding(nn.Module):
             raise ValueError("a tied embedding reads int8 rows; the head has " f"{head.qspec.bits} bits")
         object.__setattr__(self, "head", head)  # bypasses nn.Module registration: no second state-dict entry
         self.num_embeddings, self.embedding_dim, self.padding_idx = head.out_features, head.in_features, padding_idx
+        # the model's compute dtype, which the head's scales do not follow (they keep the format's dtype): an empty
+        # buffer that every `.to(dtype)` of the model moves
+        self.register_buffer("out_dtype_of", torch.empty(0, dtype=head.scales.dtype), persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         h, flat = self.head, ids.reshape(-1)
         zeros = None if h.zeros is None else h.zeros[flat]
         rows = dequant_weight(h.qweight[flat], h.scales[flat], zeros, "portable", 8, h.qspec.group_for(h.in_features),
-                              h.in_features, h.scales.dtype)
+                              h.in_features, self.out_dtype_of.dtype)
         return rows.view(*ids.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:

@@ -4,7 +4,7 @@
 | cpu | int8 per-channel sym, C/C++ compilers | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out) |
 | cpu | int8 per-channel sym, K % 16 = 0 | ≤ CPU_INT8PACK_MAX_M | aten `_weight_int8pack_mm` (bf16) |
 | cpu | int4 in layout cpu_int4, C/C++ compilers | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out) |
-| cpu | int4 in layout cpu_int4 | ≤ CPU_INT4PACK_MAX_M | aten `_weight_int4pack_mm_for_cpu` (bf16) |
+| cpu | int4 in layout cpu_int4, aten's layout on this CPU (AVX512) | ≤ CPU_INT4PACK_MAX_M | aten `_weight_int4pack_mm_for_cpu` (bf16) |
 | cpu | int4 in layout cpu_int4, bf16 x and scales, C compiler | larger | Wᵀ from a C unpack (`native`), dense matmul |
 | cuda | int4 in layout cuda_tinygemm | ≤ 16 | aten `_weight_int4pack_mm` (tinygemm, bf16) |
 | cuda | int8, triton installed | ≤ 16 | Triton fused dequant-GEMM (`triton_int8`) |
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
+from compress.formats import int4_layout
 from compress.kernels import native, triton_int8
 from compress.kernels.int4_tinygemm import KERNEL_DTYPE, int4_tinygemm
 
@@ -160,7 +161,7 @@ def choose_kernel(device: torch.device, m: int, mod: "QuantLinear", dtype: torch
             return "int8pack_cpu"
         if mod.layout == "cpu_int4" and m <= CPU_GEMV_MAX_M and native.available():
             return "int4_gemv_cpu"
-        if mod.layout == "cpu_int4" and m <= CPU_INT4PACK_MAX_M:
+        if mod.layout == "cpu_int4" and m <= CPU_INT4PACK_MAX_M and int4_layout.aten_cpu_layout_matches():
             return "int4pack_cpu"
         if _native_int4(dtype, mod):
             return "int4_kn_cpu"

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from compress.algorithms.grid import QuantSpec
+from compress.formats.int4_layout import aten_cpu_layout_matches
 from compress.kernels import dispatch, native
 from compress.kernels.dispatch import choose_kernel, quant_linear
 from tests.kernels.quantized import build, check, make
@@ -25,7 +26,8 @@ def cpu_kernels(mod) -> list[str]:
     if dispatch._int8_per_channel(mod) and native.library() is not None:
         names.append("int8_gemv_cpu")
     if mod.layout == "cpu_int4":
-        names.append("int4pack_cpu")
+        if aten_cpu_layout_matches():
+            names.append("int4pack_cpu")
         if native.library() is not None:
             names += ["int4_kn_cpu", "int4_gemv_cpu"]
     return names
@@ -49,10 +51,11 @@ def test_dispatch_choices_on_cpu():
     assert choose_kernel(CPU, 1, int8) == ("int8_gemv_cpu" if native_ok else "int8pack_cpu")
     assert choose_kernel(CPU, dispatch.CPU_GEMV_MAX_M + 1, int8) == "int8pack_cpu"
     assert choose_kernel(CPU, dispatch.CPU_INT8PACK_MAX_M + 1, int8) == "dequant"
-    gemv = "int4_gemv_cpu" if native_ok else "int4pack_cpu"
+    aten = "int4pack_cpu" if aten_cpu_layout_matches() else "dequant"  # AVX2: aten's kernel reads other blocks
+    gemv = "int4_gemv_cpu" if native_ok else aten
     assert choose_kernel(CPU, 1, int4) == gemv
-    assert choose_kernel(CPU, dispatch.CPU_GEMV_MAX_M + 1, int4) == "int4pack_cpu"
-    assert choose_kernel(CPU, dispatch.CPU_INT4PACK_MAX_M, int4) == "int4pack_cpu"
+    assert choose_kernel(CPU, dispatch.CPU_GEMV_MAX_M + 1, int4) == aten
+    assert choose_kernel(CPU, dispatch.CPU_INT4PACK_MAX_M, int4) == aten
     assert choose_kernel(CPU, dispatch.CPU_INT4PACK_MAX_M + 1, int4) == "dequant"
     odd = make(QuantSpec(4, 64, False), 32, 80)  # K=80 padded to 128: group 64 tiles it
     assert odd.layout == "cpu_int4" and choose_kernel(CPU, 1, odd) == gemv
@@ -68,8 +71,9 @@ def test_kernel_that_ran_is_the_one_named(monkeypatch):
     case = build(QuantSpec(4, 64, False), 64, 576)
     x = torch.randn(3, 576)
     calls = []
-    real = dispatch.KERNELS["int4pack_cpu"]
-    monkeypatch.setitem(dispatch.KERNELS, "int4pack_cpu", lambda x2d, m: calls.append(x2d.shape) or real(x2d, m))
+    name = choose_kernel(CPU, 3, case.mod, x.dtype)  # aten's int4pack, or dequantize where aten's layout differs
+    real = dispatch.KERNELS[name]
+    monkeypatch.setitem(dispatch.KERNELS, name, lambda x2d, m: calls.append(x2d.shape) or real(x2d, m))
     check(quant_linear(x, case.mod), x, case)
     assert calls == [(3, 576)]
 

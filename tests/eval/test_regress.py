@@ -5,10 +5,14 @@ import copy
 import json
 import re
 
+from pathlib import Path
+
 import pytest
 
 from compress.errors import CompressError
 from compress.eval.regress import DEFAULT_TOLERANCES, compare, load_report, regress_table, tolerances_of
+
+REPO = Path(__file__).resolve().parents[2]
 
 TOL = {"perplexity": 0.02, "latency": 0.35, "size": 0.01}
 
@@ -168,3 +172,25 @@ def test_current_results_measured_otherwise_are_refused():
     check_same_setup(old, {**report(), "settings": {"prefill": [512], "threads": 1, "repeats": 3}})  # repeats: noise only
     with pytest.raises(CompressError, match=r"other settings than the baseline \(prefill \[512\] vs \[2048\]; threads 1 vs 2\)"):
         check_same_setup(old, {**report(), "settings": {"prefill": [2048], "threads": 2, "repeats": 5}})
+
+
+def test_a_baseline_of_the_other_kind_of_cpu_is_refused_by_name():
+    """bf16-hardware and AVX2-only CPUs run other kernels in other dtypes: their ratios do not compare."""
+    from compress.eval.regress import check_same_setup
+
+    with_bf16, without = report(), report()
+    with_bf16["env"]["cpu_bf16"], without["env"]["cpu_bf16"] = True, False
+    check_same_setup(with_bf16, with_bf16)
+    check_same_setup(report(), without)  # an older baseline that does not say: compared as before
+    with pytest.raises(CompressError, match=r"with bf16 hardware, this one is without .*use benchmarks/baseline-cpu-avx2\.json"):
+        check_same_setup(with_bf16, without)
+    with pytest.raises(CompressError, match=r"without bf16 hardware, this one is with .*use benchmarks/baseline-cpu\.json"):
+        check_same_setup(without, with_bf16)
+
+
+def test_each_committed_cpu_baseline_says_which_cpu_it_is_for():
+    from compress.eval.regress import cpu_baseline
+
+    for bf16 in (True, False):
+        env = json.loads((REPO / cpu_baseline(bf16)).read_text())["env"]
+        assert env["label"] == "CPU" and env["cpu_bf16"] is bf16

@@ -5,7 +5,7 @@
 | cpu | int8 per-channel sym, K % 16 = 0 | ≤ CPU_INT8PACK_MAX_M | aten `_weight_int8pack_mm` (bf16) |
 | cpu | int4 in layout cpu_int4, C/C++ compilers | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out) |
 | cpu | int4 in layout cpu_int4, aten's layout on this CPU (AVX512) | ≤ CPU_INT4PACK_MAX_M | aten `_weight_int4pack_mm_for_cpu` (bf16) |
-| cpu | int4 in layout cpu_int4, bf16 x and scales, C compiler | larger | Wᵀ from a C unpack (`native`), dense matmul |
+| cpu | int4 in layout cpu_int4, bf16 scales, bf16/fp32 x, C compiler | larger | Wᵀ from a C unpack (`native`), dense matmul |
 | cuda | int4 in layout cuda_tinygemm | ≤ 16 | aten `_weight_int4pack_mm` (tinygemm, bf16) |
 | cuda | int8, triton installed | ≤ 16 | Triton fused dequant-GEMM (`triton_int8`) |
 | any | any | any other | dequantize to x's dtype, dense matmul (cuBLAS for prefill) |
@@ -116,11 +116,12 @@ def dequant(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
 
 def int4_kn_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
     """Prefill-sized int4 calls: Wᵀ unpacked in C straight from the kernel's layout and table (with bf16 scales
-    bit-equal to `dequant`'s weight, in a third of its unpack time), then one dense bf16 matmul (other input
-    dtypes are cast around it, as for tinygemm). Nothing is kept between calls."""
+    bit-equal to `dequant`'s weight, in a third of its unpack time), then one dense bf16 matmul, or fp32 for fp32
+    x (other input dtypes are cast around it, as for tinygemm). Nothing is kept between calls."""
     kp = mod.qspec.padded_in(mod.in_features)
-    wt = native.int4_cpu_kn(mod.qweight, mod.sz, mod.out_features, kp)
-    return torch.mm(x2d.to(torch.bfloat16), wt[: mod.in_features]).to(x2d.dtype)
+    dtype = torch.float32 if x2d.dtype == torch.float32 else torch.bfloat16
+    wt = native.int4_cpu_kn(mod.qweight, mod.sz, mod.out_features, kp, dtype)
+    return torch.mm(x2d.to(dtype), wt[: mod.in_features]).to(x2d.dtype)
 
 
 def int4_gemv_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
@@ -140,9 +141,10 @@ def int8_gemv_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
 
 
 def _native_int4(x2d_dtype: torch.dtype, mod: "QuantLinear") -> bool:
-    """`int4_kn_cpu` computes exactly what `dequant` does only from a bf16 table of bf16 scales."""
-    return (mod.layout == "cpu_int4" and x2d_dtype == torch.bfloat16 and mod.scales.dtype == torch.bfloat16
-            and native.available())
+    """`int4_kn_cpu` computes exactly what `dequant` does only from a bf16 table of bf16 scales (bf16 or fp32 x:
+    an fp32 model on a CPU without bf16 hardware holds its checkpoint's bf16 scales)."""
+    return (mod.layout == "cpu_int4" and x2d_dtype in (torch.bfloat16, torch.float32)
+            and mod.scales.dtype == torch.bfloat16 and native.available())
 
 
 KERNELS: dict[str, Callable[[torch.Tensor, "QuantLinear"], torch.Tensor]] = {

@@ -28,6 +28,7 @@ CSRC = Path(__file__).with_name("csrc")
 C_SOURCES = [CSRC / "int4_cpu_kn.c", CSRC / "gemv_cpu.c"]
 SOURCES = [*C_SOURCES, CSRC / "ops.cpp", CSRC / "bf16.h"]
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fPIC"]
+KN_FP32 = ["-DKN_FP32", "-Dint4_cpu_kn=int4_cpu_kn_f32"]
 GENERIC = ["-DCOMPRESS_GENERIC", "-Dint4_gemv=int4_gemv_generic", "-Dint8_gemv=int8_gemv_generic"]
 SPLIT_MIN = 1 << 18  # weights with fewer elements than this are unpacked on one thread
 GEMV_SPLIT_MIN = 1 << 18  # and multiplied on one thread: below it waking the others costs more than they save
@@ -55,8 +56,8 @@ def _compilers() -> tuple[str, str]:
 
 
 def _build(cc: str, cxx: str) -> Path:
-    """The operator library: three C objects (the kernels, and the GEMVs again without intrinsics under other
-    names) linked into the C++ operators against this torch."""
+    """The operator library: four C objects (the kernels, the unpack again with fp32 output and the GEMVs again
+    without intrinsics, under other names) linked into the C++ operators against this torch."""
     torch_lib = Path(torch.__file__).parent / "lib"
     # -fopenmp: at::parallel_for is OpenMP in torch's headers (serial without it); libgomp.so.1 is the one torch loaded
     cxx_flags = [*FLAGS, "-std=c++17", "-fopenmp", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
@@ -69,7 +70,8 @@ def _build(cc: str, cxx: str) -> Path:
     lib.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=lib.parent, suffix=".tmp") as tmp:
         objs = []
-        for name, source, extra in (("kn", C_SOURCES[0], []), ("gemv", C_SOURCES[1], []), ("generic", C_SOURCES[1], GENERIC)):
+        for name, source, extra in (("kn", C_SOURCES[0], []), ("kn32", C_SOURCES[0], KN_FP32), ("gemv", C_SOURCES[1], []),
+                                    ("generic", C_SOURCES[1], GENERIC)):
             objs.append(f"{tmp}/{name}.o")
             subprocess.run([cc, *FLAGS, *extra, "-c", str(source), "-o", objs[-1]], check=True, capture_output=True, timeout=120)
         out = f"{tmp}/ops.so"
@@ -103,7 +105,8 @@ def library() -> Path | None:
 def _register_fakes() -> None:
     """Shapes for tracing (torch.compile): the kernels themselves run only on real tensors."""
     bf16 = torch.bfloat16
-    torch.library.register_fake("compress::int4_cpu_kn")(lambda packed, sz, n, k, min_split: packed.new_empty(k, n, dtype=bf16))
+    torch.library.register_fake("compress::int4_cpu_kn")(
+        lambda packed, sz, n, k, min_split, fp32=False: packed.new_empty(k, n, dtype=torch.float32 if fp32 else bf16))
     torch.library.register_fake("compress::int4_gemv")(
         lambda x, packed, sz, n, min_split, generic=False: x.new_empty(x.shape[0], n, dtype=bf16))
     torch.library.register_fake("compress::int8_gemv")(
@@ -116,10 +119,10 @@ def available() -> bool:
     return library() is not None
 
 
-def int4_cpu_kn(packed: torch.Tensor, sz: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """Wᵀ [K, N] in bf16 from the CPU int4pack layout and its (scale, zero) table, split over torch's threads by
-    columns."""
-    return torch.ops.compress.int4_cpu_kn(packed.contiguous(), sz.contiguous(), n, k, SPLIT_MIN)
+def int4_cpu_kn(packed: torch.Tensor, sz: torch.Tensor, n: int, k: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Wᵀ [K, N] in bf16 (or fp32) from the CPU int4pack layout and its (scale, zero) table, split over torch's
+    threads by columns."""
+    return torch.ops.compress.int4_cpu_kn(packed.contiguous(), sz.contiguous(), n, k, SPLIT_MIN, dtype == torch.float32)
 
 
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, n: int, generic: bool = False) -> torch.Tensor:

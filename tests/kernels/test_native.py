@@ -16,8 +16,9 @@ CPU = torch.device("cpu")
 needs_cc = pytest.mark.skipif(native.library() is None, reason="no C compiler: the native kernels cannot be built")
 
 
-def planted(spec: QuantSpec, n: int, k: int, zero_group: bool = False) -> tuple[QuantLinear, torch.Tensor]:
-    """A bf16 module from random codes, bf16-valued scales and zeros; and its weight (q − z)·s in bf16 (one rounding)."""
+def planted(spec: QuantSpec, n: int, k: int, zero_group: bool = False, fp32: bool = False) -> tuple[QuantLinear, torch.Tensor]:
+    """A bf16 module from random codes, bf16-valued scales and zeros; and its weight (q − z)·s in bf16 (one rounding),
+    or unrounded in fp32."""
     g = torch.Generator().manual_seed(n * 7 + k)
     kp = spec.padded_in(k)
     groups = kp // spec.group_for(k)
@@ -28,8 +29,8 @@ def planted(spec: QuantSpec, n: int, k: int, zero_group: bool = False) -> tuple[
         s[3, 0] = 0.0
     mod = QuantLinear.from_codes(q, s, None if spec.symmetric else z, spec, k, None, torch.bfloat16)
     grp = spec.group_for(k)
-    w = ((q.float() - z.repeat_interleave(grp, 1)) * s.repeat_interleave(grp, 1)).bfloat16()[:, :k]
-    return mod, w
+    w = ((q.float() - z.repeat_interleave(grp, 1)) * s.repeat_interleave(grp, 1))[:, :k]
+    return mod, (w if fp32 else w.bfloat16())
 
 
 CASES = [  # (spec, N, K): full 64-row blocks, a partial last block, only a partial block, padded K, per channel
@@ -46,6 +47,9 @@ def test_unpacked_weight_is_bit_equal_to_the_planted_one(spec, n, k):
     wt = native.int4_cpu_kn(mod.qweight, mod.sz, n, spec.padded_in(k))
     assert wt.dtype == torch.bfloat16 and wt.shape == (spec.padded_in(k), n)
     assert torch.equal(wt[:k].t(), w)
+    _, w32 = planted(spec, n, k, zero_group=True, fp32=True)  # the fp32 build: (q − z)·s unrounded
+    wt32 = native.int4_cpu_kn(mod.qweight, mod.sz, n, spec.padded_in(k), torch.float32)
+    assert wt32.dtype == torch.float32 and torch.equal(wt32[:k].t(), w32)
 
 
 @needs_cc
@@ -77,7 +81,8 @@ def test_dispatch_uses_it_only_where_it_equals_the_dequantizing_path():
     mod, w = planted(QuantSpec(4, 64, False), 64, 576)
     big = dispatch.CPU_INT4PACK_MAX_M + 1
     assert choose_kernel(CPU, big, mod, torch.bfloat16) == "int4_kn_cpu"
-    assert choose_kernel(CPU, big, mod, torch.float32) == "dequant"  # fp32 activations: the fp32 path
+    assert choose_kernel(CPU, big, mod, torch.float32) == "int4_kn_cpu"  # fp32 activations: fp32 Wᵀ, fp32 matmul
+    assert choose_kernel(CPU, big, mod, torch.float16) == "dequant"
     assert choose_kernel(CPU, 1, mod, torch.bfloat16) == "int4_gemv_cpu"
     small = "int4pack_cpu" if aten_cpu_layout_matches() else "int4_kn_cpu"  # AVX2: aten's kernel reads other blocks
     assert choose_kernel(CPU, dispatch.CPU_GEMV_MAX_M + 1, mod, torch.bfloat16) == small
@@ -85,6 +90,9 @@ def test_dispatch_uses_it_only_where_it_equals_the_dequantizing_path():
     assert choose_kernel(CPU, big, fp32_scales, torch.bfloat16) == "dequant"
     x = torch.randn(2, big, 576).bfloat16()
     assert torch.equal(quant_linear(x, mod), torch.mm(x.reshape(-1, 576), w.t().contiguous()).reshape(2, big, 64))
+    _, w32 = planted(QuantSpec(4, 64, False), 64, 576, fp32=True)  # an fp32 model: the fp32 matmul of (q − z)·s
+    x32 = torch.randn(2, big, 576)
+    assert torch.equal(quant_linear(x32, mod), torch.mm(x32.reshape(-1, 576), w32.t().contiguous()).reshape(2, big, 64))
 
 
 @needs_cc

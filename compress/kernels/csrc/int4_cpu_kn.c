@@ -8,7 +8,8 @@
  * Scales and zero points come from the kernel's own table sz [G, N, 2] (bf16 scale s and
  * zt = (8 − z)·s): z = 8 − round(zt / s) is exact where s ≠ 0, and a zero scale gives w = 0.
  * w = (q − z)·s is computed in fp32 and rounded once to bf16 (round to nearest even), the same
- * value as the dequantizing path's bf16 math.
+ * value as the dequantizing path's bf16 math. Built a second time with KN_FP32 (as int4_cpu_kn_f32), it
+ * stores the fp32 values unrounded, for fp32 models (CPUs without bf16 hardware).
  */
 #include <math.h>
 #include <stdint.h>
@@ -18,7 +19,15 @@
 #include "bf16.h"
 
 /* Columns k0..k1 of Wᵀ (out holds all K rows of N); returns 0, or 1 when scratch memory ran out. */
-int int4_cpu_kn(const uint8_t *packed, const uint16_t *sz, uint16_t *out, int64_t n, int64_t k,
+#ifdef KN_FP32
+typedef float out_t;
+#define STORE(v) (v)
+#else
+typedef uint16_t out_t;
+#define STORE(v) f2bf(v)
+#endif
+
+int int4_cpu_kn(const uint8_t *packed, const uint16_t *sz, out_t *out, int64_t n, int64_t k,
                 int64_t groups, int64_t k0, int64_t k1) {
     int64_t group = k / groups, full = n / 64 * 64, blocks = n / 64, rest = n - full;
     float *s = malloc(2 * n * sizeof(float));
@@ -36,21 +45,21 @@ int int4_cpu_kn(const uint8_t *packed, const uint16_t *sz, uint16_t *out, int64_
             }
             loaded = g;
         }
-        uint16_t *o = out + col * n;
+        out_t *o = out + col * n;
         for (int64_t b = 0; b < blocks; ++b) {
             const uint8_t *p = packed + (b * k + col) * 32;
             const int64_t lo = b * 64, hi = lo + 32;
             for (int c = 0; c < 32; ++c) {
-                o[lo + c] = f2bf(((float)(p[c] & 15) - z[lo + c]) * s[lo + c]);
-                o[hi + c] = f2bf(((float)(p[c] >> 4) - z[hi + c]) * s[hi + c]);
+                o[lo + c] = STORE(((float)(p[c] & 15) - z[lo + c]) * s[lo + c]);
+                o[hi + c] = STORE(((float)(p[c] >> 4) - z[hi + c]) * s[hi + c]);
             }
         }
         if (rest) {
             const uint8_t *p = packed + full * k / 2 + col * (rest / 2);
             for (int64_t j = 0; j < rest / 2; ++j) {
                 int64_t r = full + 2 * j;
-                o[r] = f2bf(((float)(p[j] & 15) - z[r]) * s[r]);
-                o[r + 1] = f2bf(((float)(p[j] >> 4) - z[r + 1]) * s[r + 1]);
+                o[r] = STORE(((float)(p[j] & 15) - z[r]) * s[r]);
+                o[r + 1] = STORE(((float)(p[j] >> 4) - z[r + 1]) * s[r + 1]);
             }
         }
     }

@@ -15,6 +15,8 @@
 extern "C" {
 int int4_cpu_kn(const uint8_t *packed, const uint16_t *sz, uint16_t *out, int64_t n, int64_t k, int64_t groups,
                 int64_t k0, int64_t k1);
+int int4_cpu_kn_f32(const uint8_t *packed, const uint16_t *sz, float *out, int64_t n, int64_t k, int64_t groups,
+                    int64_t k0, int64_t k1);
 int int4_gemv(const uint16_t *x, const uint8_t *packed, const uint16_t *sz, uint16_t *out, int64_t m, int64_t n,
               int64_t k, int64_t groups, int64_t r0, int64_t r1);
 int int4_gemv_generic(const uint16_t *x, const uint8_t *packed, const uint16_t *sz, uint16_t *out, int64_t m,
@@ -48,12 +50,14 @@ void check(const at::Tensor &t, at::ScalarType dtype, const char *what) {
                 ": expected a contiguous CPU tensor of ", dtype, ", got ", t.scalar_type());
 }
 
-at::Tensor int4_cpu_kn_op(const at::Tensor &packed, const at::Tensor &sz, int64_t n, int64_t k, int64_t min_split) {
+at::Tensor int4_cpu_kn_op(const at::Tensor &packed, const at::Tensor &sz, int64_t n, int64_t k, int64_t min_split,
+                          bool fp32) {
     check(packed, at::kByte, "int4_cpu_kn packed");
     check(sz, at::kBFloat16, "int4_cpu_kn sz");
-    auto wt = at::empty({k, n}, packed.options().dtype(at::kBFloat16));
+    auto wt = at::empty({k, n}, packed.options().dtype(fp32 ? at::kFloat : at::kBFloat16));
     split(k, 1, n, min_split, "int4_cpu_kn", [&](int64_t a, int64_t b) {
-        return int4_cpu_kn(in<uint8_t>(packed), in<uint16_t>(sz), out<uint16_t>(wt), n, k, sz.size(0), a, b);
+        return fp32 ? int4_cpu_kn_f32(in<uint8_t>(packed), in<uint16_t>(sz), out<float>(wt), n, k, sz.size(0), a, b)
+                    : int4_cpu_kn(in<uint8_t>(packed), in<uint16_t>(sz), out<uint16_t>(wt), n, k, sz.size(0), a, b);
     });
     return wt;
 }
@@ -89,7 +93,7 @@ at::Tensor int8_gemv_op(const at::Tensor &x, const at::Tensor &q, const at::Tens
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(compress, m) {
-    m.def("int4_cpu_kn(Tensor packed, Tensor sz, int n, int k, int min_split) -> Tensor");
+    m.def("int4_cpu_kn(Tensor packed, Tensor sz, int n, int k, int min_split, bool fp32=False) -> Tensor");
     m.def("int4_gemv(Tensor x, Tensor packed, Tensor sz, int n, int min_split, bool generic=False) -> Tensor");
     m.def("int8_gemv(Tensor x, Tensor q, Tensor scales, int min_split, bool generic=False) -> Tensor");
 }

@@ -190,7 +190,7 @@ def _load(path: Path, device: torch.device | str | None, dtype: torch.dtype | No
     missing, unexpected = model.load_state_dict(state, strict=False)
     for name in manifest["formats"]:
         mod, stored = model.get_submodule(name), raw_dtypes.get(f"{name}.scales")
-        if isinstance(mod, QuantLinear) and stored is not None and stored != dtype and torch.promote_types(stored, dtype) == dtype:
+        if isinstance(mod, QuantLinear) and stored is not None:
             mod.hold_params_in(stored)  # not widened: see QuantLinear._apply
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not (k == "lm_head.weight" and config.tie_word_embeddings)]

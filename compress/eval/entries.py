@@ -116,9 +116,11 @@ def random_model(shape: str, device: torch.device, dtype: torch.dtype) -> nn.Mod
 
 def _recipe_entry(path: str, base: str, device: torch.device, dtype: torch.dtype | None, progress: bool) -> Loaded:
     """Run a recipe on the base (its evaluate section skipped: bench measures), save it to measure the bytes;
-    the result is measured in `dtype`, else in the compute dtype a saved checkpoint of it would load in."""
+    the result is measured in `dtype`, else in the compute dtype a saved checkpoint of it would load in, with the
+    scales it would hold."""
     from compress.api import as_recipe, run
-    from compress.models import compute_dtype, has_packed_int
+    from compress.formats.quant_linear import QuantLinear
+    from compress.models import compute_dtype, has_packed_int, storage_dtype
 
     recipe = dataclasses.replace(as_recipe(path), evaluate=None)
     base, _ = split_dtype(base)
@@ -128,6 +130,10 @@ def _recipe_entry(path: str, base: str, device: torch.device, dtype: torch.dtype
         res = run(recipe, model, out=Path(td) / "ckpt", device=device, progress=progress)
         size = (Path(td) / "ckpt" / "model.safetensors").stat().st_size
     res.model.to(dtype or compute_dtype(device, has_packed_int(res.model)))
+    stored = storage_dtype(res.model)
+    for mod in res.model.modules():
+        if isinstance(mod, QuantLinear):
+            mod.hold_params_in(stored)  # the scales its checkpoint saved (bf16 for SmolLM2), as `checkpoint.load` does
     return Loaded(res.model, res.tokenizer, "recipe", size, random_weights=on_random)
 
 

@@ -181,8 +181,10 @@ class QuantLinear(PackedLinear):
         return self
 
     def hold_params_in(self, dtype: torch.dtype) -> None:
-        """Hold scales and zero points in `dtype` (a checkpoint's bf16, in an fp32 model: the same values in half
-        the bytes, served from the int4 kernel's table)."""
+        """Hold scales and zero points in `dtype` where it is narrower than theirs (a checkpoint's bf16, in an fp32
+        model: the values it stores, in half the bytes, served from the int4 kernel's table); else nothing."""
+        if self.scales.dtype == dtype or torch.promote_types(dtype, self.scales.dtype) != self.scales.dtype:
+            return
         self.set_layout("portable")
         for n in ("scales", "zeros"):
             if self._buffers.get(n) is not None:

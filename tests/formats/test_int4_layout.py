@@ -114,3 +114,18 @@ def test_parameters_the_table_would_round_are_kept_beside_it(dtype, zero_scale):
     assert mod.layout == "cpu_int4" and "zeros" in dict(mod.named_buffers())
     assert torch.equal(mod.scales, s) and torch.equal(mod.zeros, z)
     assert torch.equal(mod.state_dict()["zeros"], z)
+
+
+def test_scales_are_narrowed_but_never_widened_and_served_from_the_table():
+    """An fp32 model on a CPU without bf16 hardware keeps a bf16 checkpoint's scales (no bytes added), and a held
+    bf16 scale is what the kernel's table serves."""
+    mod = make(QuantSpec(4, 64, False), 64, 576, bias=False)  # fp32 scales and zeros, beside the bf16 table
+    assert mod.scales.dtype == torch.float32 and "zeros" in mod._buffers
+    mod.hold_params_in(torch.bfloat16)
+    codes, scales = mod.codes().clone(), mod.scales.clone()
+    assert scales.dtype == torch.bfloat16 and "zeros" not in mod._buffers  # folded into the table
+    mod.hold_params_in(torch.float32)  # wider: nothing
+    mod.to(torch.float32)
+    assert mod.scales.dtype == torch.bfloat16 and torch.equal(mod.scales, scales) and torch.equal(mod.codes(), codes)
+    mod.to(torch.float16)  # not wider than bf16: cast as before
+    assert mod.scales.dtype == torch.float16

@@ -173,7 +173,7 @@ def test_gemv_thread_split_gives_the_same_result(monkeypatch):
 
 @needs_cc
 @pytest.mark.parametrize("generic", [False, True], ids=["vector", "generic"])
-@pytest.mark.parametrize("n,k", [(1536, 576), (70, 40), (3, 17)])  # 4-row blocks and 16-wide steps, with tails of both
+@pytest.mark.parametrize("n,k", [(1536, 576), (70, 44), (3, 17)])  # 8-row (AVX2) / 4-row (AVX512) blocks and 8 / 16-wide steps, with tails of both
 def test_int8_gemv_matches_the_unquantized_weight(n, k, generic):
     """The int8 decode GEMV (both builds) against fp64 x · Wᵀ of the original weight, through dispatch's
     wrapper, at M = 1 and 2: a wrong row, scale or tail gives errors of order 1."""

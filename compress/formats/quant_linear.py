@@ -173,10 +173,7 @@ class QuantLinear(PackedLinear):
         self.set_layout("portable")
         kept = {n: b.dtype for n, b in self._buffers.items() if n in ("scales", "zeros") and b is not None}
         super()._apply(fn, recurse)
-        for n, dtype in kept.items():
-            b = self._buffers.get(n)
-            if b is not None and b.dtype != dtype and b.is_floating_point() and torch.promote_types(dtype, b.dtype) == b.dtype:
-                self._buffers[n] = b.to(dtype)
+        self._narrow(kept)
         self.set_layout(self.kernel_layout())
         return self
 
@@ -186,10 +183,15 @@ class QuantLinear(PackedLinear):
         if self.scales.dtype == dtype or torch.promote_types(dtype, self.scales.dtype) != self.scales.dtype:
             return
         self.set_layout("portable")
-        for n in ("scales", "zeros"):
-            if self._buffers.get(n) is not None:
-                self._buffers[n] = self._buffers[n].to(dtype)
+        self._narrow({"scales": dtype, "zeros": dtype})
         self.set_layout(self.kernel_layout())
+
+    def _narrow(self, dtypes: dict[str, torch.dtype]) -> None:
+        """Cast each named floating buffer to its dtype in `dtypes` where that is narrower (never widen)."""
+        for n, dtype in dtypes.items():
+            b = self._buffers.get(n)
+            if b is not None and b.dtype != dtype and b.is_floating_point() and torch.promote_types(dtype, b.dtype) == b.dtype:
+                self._buffers[n] = b.to(dtype)
 
     def zero_points(self) -> torch.Tensor:
         if self.zeros is not None:

@@ -6,6 +6,7 @@
 | cpu | int4 in layout cpu_int4, C/C++ compilers | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out) |
 | cpu | int4 in layout cpu_int4, aten's layout on this CPU (AVX512) | ≤ CPU_INT4PACK_MAX_M | aten `_weight_int4pack_mm_for_cpu` (bf16) |
 | cpu | int4 in layout cpu_int4, bf16 scales, bf16/fp32 x, C compiler | larger | Wᵀ from a C unpack (`native`), dense matmul |
+| cpu | int8 per-channel sym, bf16 scales, bf16/fp32 x, C compiler | larger | W from a C unpack (`native`), dense matmul |
 | cuda | int4 in layout cuda_tinygemm | ≤ 16 | aten `_weight_int4pack_mm` (tinygemm, bf16) |
 | cuda | int8, triton installed | ≤ 16 | Triton fused dequant-GEMM (`triton_int8`) |
 | any | any | any other | dequantize to x's dtype, dense matmul (cuBLAS for prefill) |
@@ -124,6 +125,13 @@ def int4_kn_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
     return torch.mm(x2d.to(dtype), wt[: mod.in_features]).to(x2d.dtype)
 
 
+def int8_unpack_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
+    """Prefill-sized int8 calls: W = q·s unpacked in C (bit-equal to `dequant`'s weight from bf16 scales, without its
+    compiled loop's frame and passes), then one dense matmul in x's dtype. Nothing is kept between calls."""
+    dtype = torch.float32 if x2d.dtype == torch.float32 else torch.bfloat16
+    return F.linear(x2d.to(dtype), native.int8_unpack(mod.qweight, mod.scales[:, 0], dtype)).to(x2d.dtype)
+
+
 def int4_gemv_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
     """Decode-sized int4 calls: one streaming pass over the packed bytes per row of x, sums in fp32 from the exact
     codes (x cast to bf16 and padded to the packed K, as for tinygemm)."""
@@ -147,9 +155,15 @@ def _native_int4(x2d_dtype: torch.dtype, mod: "QuantLinear") -> bool:
             and mod.scales.dtype == torch.bfloat16 and native.available())
 
 
+def _native_int8(x2d_dtype: torch.dtype, mod: "QuantLinear") -> bool:
+    """`int8_unpack_cpu` computes exactly what `dequant` does from bf16 scales (the checkpoint's, in any model)."""
+    return (_int8_per_channel(mod) and x2d_dtype in (torch.bfloat16, torch.float32)
+            and mod.scales.dtype == torch.bfloat16 and native.available())
+
+
 KERNELS: dict[str, Callable[[torch.Tensor, "QuantLinear"], torch.Tensor]] = {
     "int8pack_cpu": int8pack_cpu, "int4pack_cpu": int4_tinygemm, "tinygemm": int4_tinygemm,
-    "triton_int8": triton_int8.int8_triton, "int4_kn_cpu": int4_kn_cpu, "int4_gemv_cpu": int4_gemv_cpu,
+    "triton_int8": triton_int8.int8_triton, "int4_kn_cpu": int4_kn_cpu, "int8_unpack_cpu": int8_unpack_cpu, "int4_gemv_cpu": int4_gemv_cpu,
     "int8_gemv_cpu": int8_gemv_cpu, "dequant": dequant,
 }
 
@@ -167,6 +181,8 @@ def choose_kernel(device: torch.device, m: int, mod: "QuantLinear", dtype: torch
             return "int4pack_cpu"
         if _native_int4(dtype, mod):
             return "int4_kn_cpu"
+        if _native_int8(dtype, mod):
+            return "int8_unpack_cpu"
     elif device.type == "cuda" and m <= CUDA_SMALL_M:
         if mod.layout == "cuda_tinygemm":
             return "tinygemm"

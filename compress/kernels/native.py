@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).with_name("csrc")
-C_SOURCES = [CSRC / "int4_cpu_kn.c", CSRC / "gemv_cpu.c"]
+C_SOURCES = [CSRC / "int4_cpu_kn.c", CSRC / "gemv_cpu.c", CSRC / "int8_cpu_unpack.c"]
 SOURCES = [*C_SOURCES, CSRC / "ops.cpp", CSRC / "bf16.h"]
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fPIC"]
 KN_FP32 = ["-DKN_FP32", "-Dint4_cpu_kn=int4_cpu_kn_f32"]
@@ -56,7 +56,7 @@ def _compilers() -> tuple[str, str]:
 
 
 def _build(cc: str, cxx: str) -> Path:
-    """The operator library: four C objects (the kernels, the unpack again with fp32 output and the GEMVs again
+    """The operator library: five C objects (the kernels, the int4 unpack again with fp32 output and the GEMVs again
     without intrinsics, under other names) linked into the C++ operators against this torch."""
     torch_lib = Path(torch.__file__).parent / "lib"
     # -fopenmp: at::parallel_for is OpenMP in torch's headers (serial without it); libgomp.so.1 is the one torch loaded
@@ -71,7 +71,7 @@ def _build(cc: str, cxx: str) -> Path:
     with tempfile.TemporaryDirectory(dir=lib.parent, suffix=".tmp") as tmp:
         objs = []
         for name, source, extra in (("kn", C_SOURCES[0], []), ("kn32", C_SOURCES[0], KN_FP32), ("gemv", C_SOURCES[1], []),
-                                    ("generic", C_SOURCES[1], GENERIC)):
+                                    ("generic", C_SOURCES[1], GENERIC), ("int8", C_SOURCES[2], [])):
             objs.append(f"{tmp}/{name}.o")
             subprocess.run([cc, *FLAGS, *extra, "-c", str(source), "-o", objs[-1]], check=True, capture_output=True, timeout=120)
         out = f"{tmp}/ops.so"
@@ -107,6 +107,8 @@ def _register_fakes() -> None:
     bf16 = torch.bfloat16
     torch.library.register_fake("compress::int4_cpu_kn")(
         lambda packed, sz, n, k, min_split, fp32=False: packed.new_empty(k, n, dtype=torch.float32 if fp32 else bf16))
+    torch.library.register_fake("compress::int8_unpack")(
+        lambda q, scales, min_split, fp32=False: q.new_empty(q.shape, dtype=torch.float32 if fp32 else bf16))
     torch.library.register_fake("compress::int4_gemv")(
         lambda x, packed, sz, n, min_split, generic=False: x.new_empty(x.shape[0], n, dtype=bf16))
     torch.library.register_fake("compress::int8_gemv")(
@@ -123,6 +125,12 @@ def int4_cpu_kn(packed: torch.Tensor, sz: torch.Tensor, n: int, k: int, dtype: t
     """Wᵀ [K, N] in bf16 (or fp32) from the CPU int4pack layout and its (scale, zero) table, split over torch's
     threads by columns."""
     return torch.ops.compress.int4_cpu_kn(packed.contiguous(), sz.contiguous(), n, k, SPLIT_MIN, dtype == torch.float32)
+
+
+def int8_unpack(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """W [N, K] in bf16 (or fp32) = q · s from per-channel int8 codes and their bf16 scales [N], split over torch's
+    threads by rows."""
+    return torch.ops.compress.int8_unpack(q.contiguous(), scales.contiguous(), SPLIT_MIN, dtype == torch.float32)
 
 
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, n: int, generic: bool = False) -> torch.Tensor:

@@ -25,6 +25,8 @@ def cpu_kernels(mod) -> list[str]:
         names.append("int8pack_cpu")
     if dispatch._int8_per_channel(mod) and native.library() is not None:
         names.append("int8_gemv_cpu")
+    if dispatch._native_int8(torch.float32, mod):
+        names.append("int8_unpack_cpu")
     if mod.layout == "cpu_int4":
         if aten_cpu_layout_matches():
             names.append("int4pack_cpu")
@@ -50,7 +52,9 @@ def test_dispatch_choices_on_cpu():
     native_ok = native.library() is not None
     assert choose_kernel(CPU, 1, int8) == ("int8_gemv_cpu" if native_ok else "int8pack_cpu")
     assert choose_kernel(CPU, dispatch.CPU_GEMV_MAX_M + 1, int8) == "int8pack_cpu"
-    assert choose_kernel(CPU, dispatch.CPU_INT8PACK_MAX_M + 1, int8) == "dequant"
+    assert choose_kernel(CPU, dispatch.CPU_INT8PACK_MAX_M + 1, int8) == "dequant"  # fp32 scales: the C unpack reads bf16
+    bf16_scales = int8.to(torch.bfloat16)
+    assert choose_kernel(CPU, dispatch.CPU_INT8PACK_MAX_M + 1, bf16_scales) == ("int8_unpack_cpu" if native_ok else "dequant")
     aten = "int4pack_cpu" if aten_cpu_layout_matches() else "dequant"  # AVX2: aten's kernel reads other blocks
     gemv = "int4_gemv_cpu" if native_ok else aten
     assert choose_kernel(CPU, 1, int4) == gemv

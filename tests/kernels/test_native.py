@@ -2,6 +2,8 @@
 planted codes, its matmul against the unquantized weight, its thread split, its dispatch and its fallbacks."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -202,5 +204,38 @@ def test_int8_gemv_thread_split_gives_the_same_result(monkeypatch):
     try:
         torch.set_num_threads(3)
         assert torch.equal(native.int8_gemv(x, case.mod.qweight, scales), one)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_cc
+@pytest.mark.parametrize("n,k", [(1536, 576), (70, 44)])
+def test_int8_unpack_is_bit_equal_to_the_dequantizing_path(n, k):
+    """W = q·s from the C unpack equals the module's own dequantized weight bit for bit, in bf16 and in fp32, and
+    its matmul (the int8 prefill path, as dispatch picks it) matches fp64 x·Wᵀ of the original weight."""
+    case = build(QuantSpec(8, -1, True), n, k)
+    mod = copy.deepcopy(case.mod).to(torch.bfloat16)  # the checkpoint's bf16 scales
+    mod32 = copy.deepcopy(mod).float()  # in an fp32 model (scales stay bf16)
+    assert mod32.scales.dtype == torch.bfloat16 and case.mod.scales.dtype == torch.float32
+    for dtype in (torch.bfloat16, torch.float32):
+        w = native.int8_unpack(mod.qweight, mod.scales[:, 0], dtype)
+        assert w.dtype == dtype and torch.equal(w, mod.dense_weight(dtype))
+    x = torch.randn(96, k, generator=torch.Generator().manual_seed(3))
+    for m, dtype in ((mod, torch.bfloat16), (mod32, torch.float32)):
+        assert choose_kernel(CPU, 96, m, dtype) == "int8_unpack_cpu"
+        check(quant_linear(x.to(dtype), m), x.to(dtype).float(), case._replace(mod=m))
+    fp32_scales = case.mod  # scales as RTN made them: the C unpack reads bf16 ones, so the exact path stays
+    assert choose_kernel(CPU, 96, fp32_scales, torch.float32) == "dequant"
+
+
+@needs_cc
+def test_int8_unpack_thread_split_gives_the_same_weight(monkeypatch):
+    mod = build(QuantSpec(8, -1, True), 1000, 576).mod.to(torch.bfloat16)
+    one = native.int8_unpack(mod.qweight, mod.scales[:, 0], torch.float32)
+    monkeypatch.setattr(native, "SPLIT_MIN", 1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert torch.equal(native.int8_unpack(mod.qweight, mod.scales[:, 0], torch.float32), one)
     finally:
         torch.set_num_threads(threads)

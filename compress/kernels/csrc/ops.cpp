@@ -1,4 +1,4 @@
-// The C kernels as torch operators (compress::int4_cpu_kn, int4_gemv, int8_gemv).
+// The C kernels as torch operators (compress::int4_cpu_kn, int8_unpack, int4_gemv, int8_gemv).
 //
 // Why C++ and not ctypes behind a Python op: a decode step of SmolLM2 makes ~210 of these calls, and the
 // Python op cost ~8 µs a call against ~2 µs through the dispatcher straight into C++; and at::parallel_for
@@ -21,6 +21,8 @@ int int4_gemv(const uint16_t *x, const uint8_t *packed, const uint16_t *sz, uint
               int64_t k, int64_t groups, int64_t r0, int64_t r1);
 int int4_gemv_generic(const uint16_t *x, const uint8_t *packed, const uint16_t *sz, uint16_t *out, int64_t m,
                       int64_t n, int64_t k, int64_t groups, int64_t r0, int64_t r1);
+int int8_cpu_unpack(const int8_t *q, const uint16_t *scales, void *out, int64_t k, int64_t r0, int64_t r1,
+                    int out_fp32);
 int int8_gemv(const uint16_t *x, const int8_t *q, const uint16_t *scales, uint16_t *out, int64_t m, int64_t n,
               int64_t k, int64_t r0, int64_t r1);
 int int8_gemv_generic(const uint16_t *x, const int8_t *q, const uint16_t *scales, uint16_t *out, int64_t m,
@@ -62,6 +64,17 @@ at::Tensor int4_cpu_kn_op(const at::Tensor &packed, const at::Tensor &sz, int64_
     return wt;
 }
 
+at::Tensor int8_unpack_op(const at::Tensor &q, const at::Tensor &scales, int64_t min_split, bool fp32) {
+    check(q, at::kChar, "int8_unpack q");
+    check(scales, at::kBFloat16, "int8_unpack scales");
+    const int64_t n = q.size(0), k = q.size(1);
+    auto w = at::empty({n, k}, q.options().dtype(fp32 ? at::kFloat : at::kBFloat16));
+    split(n, 1, k, min_split, "int8_unpack", [&](int64_t a, int64_t b) {
+        return int8_cpu_unpack(in<int8_t>(q), in<uint16_t>(scales), w.mutable_data_ptr(), k, a, b, fp32);
+    });
+    return w;
+}
+
 at::Tensor int4_gemv_op(const at::Tensor &x, const at::Tensor &packed, const at::Tensor &sz, int64_t n,
                         int64_t min_split, bool generic) {
     check(x, at::kBFloat16, "int4_gemv x");
@@ -94,12 +107,14 @@ at::Tensor int8_gemv_op(const at::Tensor &x, const at::Tensor &q, const at::Tens
 
 TORCH_LIBRARY_FRAGMENT(compress, m) {
     m.def("int4_cpu_kn(Tensor packed, Tensor sz, int n, int k, int min_split, bool fp32=False) -> Tensor");
+    m.def("int8_unpack(Tensor q, Tensor scales, int min_split, bool fp32=False) -> Tensor");
     m.def("int4_gemv(Tensor x, Tensor packed, Tensor sz, int n, int min_split, bool generic=False) -> Tensor");
     m.def("int8_gemv(Tensor x, Tensor q, Tensor scales, int min_split, bool generic=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(compress, CPU, m) {
     m.impl("int4_cpu_kn", &int4_cpu_kn_op);
+    m.impl("int8_unpack", &int8_unpack_op);
     m.impl("int4_gemv", &int4_gemv_op);
     m.impl("int8_gemv", &int8_gemv_op);
 }

@@ -3,7 +3,8 @@
 Why C: the int4 prefill path dequantizes the weight on every call, and Inductor's best version of the
 CPU layout's unpack needs a transposing copy (0.5–0.9 ms per 1536×576 weight, 10–19% of the bf16
 matmul it feeds). `csrc/int4_cpu_kn.c` writes Wᵀ in one streaming pass instead (about a third of
-the time, bit-equal output). At decode sizes aten's int4pack and int8pack kernels read their bytes at
+the time, bit-equal output); `csrc/int8_cpu_unpack.c` does the same for int8 prefill (W = q·s, in place of a
+compiled dequantize and its dynamo frame per call). At decode sizes aten's int4pack and int8pack kernels read their bytes at
 about half the rate a streaming loop does: `csrc/gemv_cpu.c` computes x · Wᵀ from the same layouts with
 AVX512-BF16 dot products (int4) and fp32 FMAs (int8), or generic C loops elsewhere. `csrc/ops.cpp` makes
 them torch operators (`torch.ops.compress.*`: ~2 µs a call through the dispatcher, split over torch's
@@ -96,7 +97,7 @@ def library() -> Path | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", b"") or b""
         warnings.warn(f"native CPU kernels unavailable ({type(e).__name__}: {e} {detail.decode(errors='replace')[:300]}); "
-                      "int decode and int4 prefill run through PyTorch", RuntimeWarning)
+                      "int decode and prefill run through PyTorch", RuntimeWarning)
         return None
     _LIB["lib"] = path
     return path

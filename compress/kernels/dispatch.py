@@ -129,7 +129,7 @@ def int8_unpack_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
     """Prefill-sized int8 calls: W = q·s unpacked in C (bit-equal to `dequant`'s weight from bf16 scales, without its
     compiled loop's frame and passes), then one dense matmul in x's dtype. Nothing is kept between calls."""
     dtype = torch.float32 if x2d.dtype == torch.float32 else torch.bfloat16
-    return F.linear(x2d.to(dtype), native.int8_unpack(mod.qweight, mod.scales[:, 0], dtype)).to(x2d.dtype)
+    return F.linear(x2d.to(dtype), native.int8_unpack(mod.qweight, _int8_scales(mod), dtype)).to(x2d.dtype)
 
 
 def int4_gemv_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:

@@ -5,7 +5,9 @@ step's memory floor.
         --threads 1 --modes eager,compile,max --out benchmarks/results/compile_vs_eager_cpu.json
 
 A model written `SPEC=MODES` (e.g. `smollm2@fp32=compile,max`) runs only those modes: a "max" build of a
-dense fp32 model takes minutes on some CPUs, and only the best dense row needs it.
+dense fp32 model takes minutes on some CPUs, and only the best dense row needs it. A mode ending in `/exact` or
+`/q8` (e.g. `out/int4=compile,compile/q8`) runs with the decode GEMVs on int8 activations (`native.GEMV_Q8`; int8
+only by default on AVX2 CPUs) off, or on for int8 and int4: their speed and greedy tokens beside the default's.
 
 Each (model, mode) gets its own copy of the model and a `StaticDecoder` (`compile` is the bench's
 default, `torch.compile(fullgraph=True)`; `max` also freezes the weights into the graph and lets
@@ -28,6 +30,7 @@ import torch
 import compress
 from compress.eval.fast_decode import StaticDecoder
 from compress.eval.speed import memory_bytes
+from compress.kernels import native
 from compress.models import load_model
 
 
@@ -64,6 +67,15 @@ def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     return buf.numel() * 4 / best
 
 
+Q8_DEFAULT = native.GEMV_Q8
+
+
+def gemv_for(mode: str) -> str:
+    """Set the decode GEMVs for `mode` (a compiled step is cached per setting) and return the decoder's mode."""
+    native.GEMV_Q8 = {"exact": frozenset(), "q8": frozenset({4, 8})}.get(mode.partition("/")[2], Q8_DEFAULT)
+    return mode.split("/")[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+")
@@ -86,7 +98,7 @@ def main() -> None:
                 model = load(spec).eval()  # a copy per mode: a compiled step is cached per model
                 sizes[spec] = memory_bytes(model)
                 before = rss_mib()
-                dec = StaticDecoder(model, 32 + a.steps + 1, mode)
+                dec = StaticDecoder(model, 32 + a.steps + 1, gemv_for(mode))
                 first = dec.prefill(ids)
                 t = time.perf_counter()
                 tokens[(spec, mode)] = dec.decode(first, 32, a.steps)  # builds the compiled step
@@ -97,6 +109,7 @@ def main() -> None:
         steps: dict[tuple[str, str], list[float]] = {k: [] for k in decoders}
         for _ in range(a.rounds):
             for key, (dec, first) in decoders.items():
+                gemv_for(key[1])
                 dec.rewind(32)
                 dec.decode(first, 32, a.steps, step_times=steps[key])
     rows = []
@@ -114,7 +127,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if a.out:
-        env = {"torch": torch.__version__, "threads": a.threads, "read_GBps": round(bw / 1e9, 2), "rounds": a.rounds, "modes": modes,
+        env = {"torch": torch.__version__, "threads": a.threads, "gemv_q8_bits": sorted(Q8_DEFAULT), "read_GBps": round(bw / 1e9, 2), "rounds": a.rounds, "modes": modes,
                "steps": a.steps, "date": time.strftime("%Y-%m-%d")}
         Path(a.out).write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
 

@@ -1,15 +1,18 @@
 """Pick the kernel for a QuantLinear call by device, format and the number of rows M.
 
 | device | format | M | kernel |
-| cpu | int8 per-channel sym, C/C++ compilers | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out) |
+| cpu | int8 per-channel sym, C/C++ compilers | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out)* |
 | cpu | int8 per-channel sym, K % 16 = 0 | ≤ CPU_INT8PACK_MAX_M | aten `_weight_int8pack_mm` (bf16) |
-| cpu | int4 in layout cpu_int4, C/C++ compilers | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out) |
+| cpu | int4 in layout cpu_int4, C/C++ compilers | ≤ CPU_GEMV_MAX_M | streaming GEMV in C (`native`, bf16 in and out)* |
 | cpu | int4 in layout cpu_int4, aten's layout on this CPU (AVX512) | ≤ CPU_INT4PACK_MAX_M | aten `_weight_int4pack_mm_for_cpu` (bf16) |
 | cpu | int4 in layout cpu_int4, bf16 scales, bf16/fp32 x, C compiler | larger | Wᵀ from a C unpack (`native`), dense matmul |
 | cpu | int8 per-channel sym, bf16 scales, bf16/fp32 x, C compiler | larger | W from a C unpack (`native`), dense matmul |
 | cuda | int4 in layout cuda_tinygemm | ≤ 16 | aten `_weight_int4pack_mm` (tinygemm, bf16) |
 | cuda | int8, triton installed | ≤ 16 | Triton fused dequant-GEMM (`triton_int8`) |
 | any | any | any other | dequantize to x's dtype, dense matmul (cuBLAS for prefill) |
+
+*: `int8_gemv_q8_cpu` / `int4_gemv_q8_cpu` (x rounded to int8 blocks of 32, integer sums) for the bit widths in
+`native.GEMV_Q8` (by default int8 on AVX2 CPUs without AVX512-BF16), where blocks of 32 tile K and the group.
 
 The dequantize-then-matmul path is the universal fallback and the reference the others are tested against.
 """
@@ -132,20 +135,38 @@ def int8_unpack_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
     return F.linear(x2d.to(dtype), native.int8_unpack(mod.qweight, _int8_scales(mod), dtype)).to(x2d.dtype)
 
 
-def int4_gemv_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
+def int4_gemv_cpu(x2d: torch.Tensor, mod: "QuantLinear", q8: bool = False) -> torch.Tensor:
     """Decode-sized int4 calls: one streaming pass over the packed bytes per row of x, sums in fp32 from the exact
     codes (x cast to bf16 and padded to the packed K, as for tinygemm)."""
     kp = mod.qspec.padded_in(mod.in_features)
     xc = x2d.to(torch.bfloat16)
     if xc.shape[1] != kp:
         xc = F.pad(xc, (0, kp - xc.shape[1]))
-    return native.int4_gemv(xc, mod.qweight, mod.sz, mod.out_features).to(x2d.dtype)
+    return native.int4_gemv(xc, mod.qweight, mod.sz, mod.out_features, q8=q8).to(x2d.dtype)
 
 
-def int8_gemv_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
+def int8_gemv_cpu(x2d: torch.Tensor, mod: "QuantLinear", q8: bool = False) -> torch.Tensor:
     """Decode-sized int8 calls: one streaming pass over the codes per row of x, fp32 sums times the row's scale
     (x and scales in bf16, as for aten's int8pack)."""
-    return native.int8_gemv(x2d.to(KERNEL_DTYPE), mod.qweight, _int8_scales(mod)).to(x2d.dtype)
+    return native.int8_gemv(x2d.to(KERNEL_DTYPE), mod.qweight, _int8_scales(mod), q8=q8).to(x2d.dtype)
+
+
+def int4_gemv_q8_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
+    """`int4_gemv_cpu` with x rounded to int8 blocks of 32 and integer sums (llama.cpp's Q8_0 activations): fewer
+    instructions, for CPUs where the fp32 one is bound by them (not the default anywhere yet: `native.GEMV_Q8`)."""
+    return int4_gemv_cpu(x2d, mod, q8=True)
+
+
+def int8_gemv_q8_cpu(x2d: torch.Tensor, mod: "QuantLinear") -> torch.Tensor:
+    """`int8_gemv_cpu` with x rounded to int8 blocks of 32 and integer sums: the int8 decode kernel on AVX2 CPUs."""
+    return int8_gemv_cpu(x2d, mod, q8=True)
+
+
+def _gemv_q8(mod: "QuantLinear") -> bool:
+    """The int8-activation GEMVs where `native.GEMV_Q8` chose them for this bit width on this CPU and the blocks of 32
+    tile K and the groups."""
+    return (mod.qspec.bits in native.GEMV_Q8 and mod.qspec.padded_in(mod.in_features) % 32 == 0
+            and mod.qspec.group_for(mod.in_features) % 32 == 0)
 
 
 def _native_int4(x2d_dtype: torch.dtype, mod: "QuantLinear") -> bool:
@@ -164,7 +185,8 @@ def _native_int8(x2d_dtype: torch.dtype, mod: "QuantLinear") -> bool:
 KERNELS: dict[str, Callable[[torch.Tensor, "QuantLinear"], torch.Tensor]] = {
     "int8pack_cpu": int8pack_cpu, "int4pack_cpu": int4_tinygemm, "tinygemm": int4_tinygemm,
     "triton_int8": triton_int8.int8_triton, "int4_kn_cpu": int4_kn_cpu, "int8_unpack_cpu": int8_unpack_cpu, "int4_gemv_cpu": int4_gemv_cpu,
-    "int8_gemv_cpu": int8_gemv_cpu, "dequant": dequant,
+    "int8_gemv_cpu": int8_gemv_cpu, "int4_gemv_q8_cpu": int4_gemv_q8_cpu, "int8_gemv_q8_cpu": int8_gemv_q8_cpu,
+    "dequant": dequant,
 }
 
 
@@ -172,11 +194,11 @@ def choose_kernel(device: torch.device, m: int, mod: "QuantLinear", dtype: torch
     """The name (in KERNELS) of the kernel for an [m, K] input of `dtype` on `device`."""
     if device.type == "cpu":
         if _int8_per_channel(mod) and m <= CPU_GEMV_MAX_M and native.available():
-            return "int8_gemv_cpu"
+            return "int8_gemv_q8_cpu" if _gemv_q8(mod) else "int8_gemv_cpu"
         if _int8pack_ok(mod) and m <= CPU_INT8PACK_MAX_M:
             return "int8pack_cpu"
         if mod.layout == "cpu_int4" and m <= CPU_GEMV_MAX_M and native.available():
-            return "int4_gemv_cpu"
+            return "int4_gemv_q8_cpu" if _gemv_q8(mod) else "int4_gemv_cpu"
         if mod.layout == "cpu_int4" and m <= CPU_INT4PACK_MAX_M and int4_layout.aten_cpu_layout_matches():
             return "int4pack_cpu"
         if _native_int4(dtype, mod):

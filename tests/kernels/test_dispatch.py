@@ -24,14 +24,14 @@ def cpu_kernels(mod) -> list[str]:
     if dispatch._int8pack_ok(mod):
         names.append("int8pack_cpu")
     if dispatch._int8_per_channel(mod) and native.library() is not None:
-        names.append("int8_gemv_cpu")
+        names += ["int8_gemv_cpu"] + (["int8_gemv_q8_cpu"] if mod.in_features % 32 == 0 else [])
     if dispatch._native_int8(torch.float32, mod):
         names.append("int8_unpack_cpu")
     if mod.layout == "cpu_int4":
         if aten_cpu_layout_matches():
             names.append("int4pack_cpu")
         if native.library() is not None:
-            names += ["int4_kn_cpu", "int4_gemv_cpu"]
+            names += ["int4_kn_cpu", "int4_gemv_cpu", "int4_gemv_q8_cpu"]
     return names
 
 
@@ -42,12 +42,13 @@ def test_every_cpu_kernel_matches_the_unquantized_matmul(spec, m, nk):
     case = build(spec, *nk)
     x = torch.randn(m, nk[1], generator=torch.Generator().manual_seed(m))
     for name in cpu_kernels(case.mod):
-        eps = 1e-6 if name == "dequant" else 2.0**-8  # int kernels take bf16 activations
+        eps = 1e-6 if name == "dequant" else 2.0**-6 if "q8" in name else 2.0**-8  # bf16 / int8 activations
         check(quant_linear(x, case.mod, name), x, case, eps)
     check(quant_linear(x, case.mod), x, case)  # whatever dispatch picks
 
 
-def test_dispatch_choices_on_cpu():
+def test_dispatch_choices_on_cpu(monkeypatch):
+    monkeypatch.setattr(native, "GEMV_Q8", frozenset())  # the int8-activation GEMVs: tests/kernels/test_gemv_q8.py
     int8, int4 = make(QuantSpec(8, -1, True), 64, 576), make(QuantSpec(4, 64, False), 64, 576)
     native_ok = native.library() is not None
     assert choose_kernel(CPU, 1, int8) == ("int8_gemv_cpu" if native_ok else "int8pack_cpu")

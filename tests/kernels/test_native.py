@@ -85,7 +85,7 @@ def test_dispatch_uses_it_only_where_it_equals_the_dequantizing_path():
     assert choose_kernel(CPU, big, mod, torch.bfloat16) == "int4_kn_cpu"
     assert choose_kernel(CPU, big, mod, torch.float32) == "int4_kn_cpu"  # fp32 activations: fp32 Wᵀ, fp32 matmul
     assert choose_kernel(CPU, big, mod, torch.float16) == "dequant"
-    assert choose_kernel(CPU, 1, mod, torch.bfloat16) == "int4_gemv_cpu"
+    assert choose_kernel(CPU, 1, mod, torch.bfloat16) == ("int4_gemv_q8_cpu" if 4 in native.GEMV_Q8 else "int4_gemv_cpu")
     small = "int4pack_cpu" if aten_cpu_layout_matches() else "int4_kn_cpu"  # AVX2: aten's kernel reads other blocks
     assert choose_kernel(CPU, dispatch.CPU_GEMV_MAX_M + 1, mod, torch.bfloat16) == small
     fp32_scales = build(QuantSpec(4, 64, False), 64, 576).mod  # its bf16 table rounds the scales
@@ -155,7 +155,7 @@ def test_gemv_dispatch_matches_the_unquantized_weight():
     case = build(QuantSpec(4, 64, False), 144, 576)
     mod = case.mod.to(torch.bfloat16)
     x = torch.randn(1, 576, generator=torch.Generator().manual_seed(2))
-    assert choose_kernel(CPU, 1, mod, torch.float32) == "int4_gemv_cpu"
+    assert choose_kernel(CPU, 1, mod, torch.float32) == ("int4_gemv_q8_cpu" if 4 in native.GEMV_Q8 else "int4_gemv_cpu")
     check(quant_linear(x, mod, "int4_gemv_cpu"), x, case._replace(mod=mod))
 
 

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "int4_cpu_layout.h"
 
 #if defined(__AVX512BF16__) && defined(__AVX512VBMI__) && defined(__AVX512BW__) && !defined(COMPRESS_GENERIC)
 #define GEMV_AVX512 1
@@ -37,28 +38,17 @@
 #define PREFETCH 4096
 #endif
 
-/* Rows r0..r1 of one int4 output row y (N values) from the codes `at(k, r)` of those rows: generic sums. */
+/* Rows r0..r1 of one int4 output row y (N values): the same sums without intrinsics. */
 static void int4_rows_generic(const uint16_t *x, const uint8_t *packed, const uint16_t *sz, float *y, int64_t n,
                               int64_t k, int64_t groups, int64_t r0, int64_t r1) {
-    int64_t group = k / groups, full = n / 64 * 64, rest = n - full;
+    int64_t group = k / groups;
     for (int64_t r = r0; r < r1; ++r) {
         float acc = 0.0f;
         for (int64_t g = 0; g < groups; ++g) {
             float dot = 0.0f, xs = 0.0f;
             for (int64_t c = g * group; c < (g + 1) * group; ++c) {
-                uint8_t byte;
-                int hi;
-                if (r < full) {
-                    int64_t b = r / 64, j = r % 64;
-                    byte = packed[(b * k + c) * 32 + (j & 31)];
-                    hi = j >= 32;
-                } else {
-                    int64_t j = r - full;
-                    byte = packed[full * k / 2 + c * (rest / 2) + j / 2];
-                    hi = (int)(j & 1);
-                }
                 float xv = bf2f(x[c]);
-                dot += xv * (float)(hi ? byte >> 4 : byte & 15);
+                dot += xv * (float)int4_code(packed, n, k, r, c);
                 xs += xv;
             }
             float s = bf2f(sz[(g * n + r) * 2]), zt = bf2f(sz[(g * n + r) * 2 + 1]);

@@ -1,4 +1,5 @@
-// The C kernels as torch operators (compress::int4_cpu_kn, int8_unpack, int4_gemv, int8_gemv).
+// The C kernels as torch operators (compress::int4_cpu_kn, int8_unpack, int4_gemv, int8_gemv; the GEMVs with fp32
+// sums of bf16 x, or with `q8` integer sums of x rounded to int8 blocks).
 //
 // Why C++ and not ctypes behind a Python op: a decode step of SmolLM2 makes ~210 of these calls, and the
 // Python op cost ~8 µs a call against ~2 µs through the dispatcher straight into C++; and at::parallel_for
@@ -27,6 +28,14 @@ int int8_gemv(const uint16_t *x, const int8_t *q, const uint16_t *scales, uint16
               int64_t k, int64_t r0, int64_t r1);
 int int8_gemv_generic(const uint16_t *x, const int8_t *q, const uint16_t *scales, uint16_t *out, int64_t m,
                       int64_t n, int64_t k, int64_t r0, int64_t r1);
+int int4_gemv_q8(const uint16_t *x, const uint8_t *packed, const uint16_t *sz, uint16_t *out, int64_t m, int64_t n,
+                 int64_t k, int64_t groups, int64_t r0, int64_t r1);
+int int4_gemv_q8_generic(const uint16_t *x, const uint8_t *packed, const uint16_t *sz, uint16_t *out, int64_t m,
+                         int64_t n, int64_t k, int64_t groups, int64_t r0, int64_t r1);
+int int8_gemv_q8(const uint16_t *x, const int8_t *q, const uint16_t *scales, uint16_t *out, int64_t m, int64_t n,
+                 int64_t k, int64_t r0, int64_t r1);
+int int8_gemv_q8_generic(const uint16_t *x, const int8_t *q, const uint16_t *scales, uint16_t *out, int64_t m,
+                         int64_t n, int64_t k, int64_t r0, int64_t r1);
 }
 
 namespace {
@@ -75,14 +84,16 @@ at::Tensor int8_unpack_op(const at::Tensor &q, const at::Tensor &scales, int64_t
     return w;
 }
 
+// q8: x rounded to int8 blocks of 32 (gemv_q8_cpu.c), whose K (and int4 group) must be multiples of 32
 at::Tensor int4_gemv_op(const at::Tensor &x, const at::Tensor &packed, const at::Tensor &sz, int64_t n,
-                        int64_t min_split, bool generic) {
+                        int64_t min_split, bool generic, bool q8) {
     check(x, at::kBFloat16, "int4_gemv x");
     check(packed, at::kByte, "int4_gemv packed");
     check(sz, at::kBFloat16, "int4_gemv sz");
     const int64_t m = x.size(0), k = x.size(1);
     auto y = at::empty({m, n}, x.options());
-    auto kernel = generic ? int4_gemv_generic : int4_gemv;
+    TORCH_CHECK(!q8 || (k % 32 == 0 && (k / sz.size(0)) % 32 == 0), "int4_gemv q8: K and the group must be multiples of 32");
+    auto kernel = q8 ? (generic ? int4_gemv_q8_generic : int4_gemv_q8) : (generic ? int4_gemv_generic : int4_gemv);
     split(n, 64, k, min_split, "int4_gemv", [&](int64_t a, int64_t b) {
         return kernel(in<uint16_t>(x), in<uint8_t>(packed), in<uint16_t>(sz), out<uint16_t>(y), m, n, k, sz.size(0), a, b);
     });
@@ -90,13 +101,14 @@ at::Tensor int4_gemv_op(const at::Tensor &x, const at::Tensor &packed, const at:
 }
 
 at::Tensor int8_gemv_op(const at::Tensor &x, const at::Tensor &q, const at::Tensor &scales, int64_t min_split,
-                        bool generic) {
+                        bool generic, bool q8) {
     check(x, at::kBFloat16, "int8_gemv x");
     check(q, at::kChar, "int8_gemv q");
     check(scales, at::kBFloat16, "int8_gemv scales");
     const int64_t m = x.size(0), k = x.size(1), n = q.size(0);
     auto y = at::empty({m, n}, x.options());
-    auto kernel = generic ? int8_gemv_generic : int8_gemv;
+    TORCH_CHECK(!q8 || k % 32 == 0, "int8_gemv q8: K must be a multiple of 32");
+    auto kernel = q8 ? (generic ? int8_gemv_q8_generic : int8_gemv_q8) : (generic ? int8_gemv_generic : int8_gemv);
     split(n, 64, k, min_split, "int8_gemv", [&](int64_t a, int64_t b) {
         return kernel(in<uint16_t>(x), in<int8_t>(q), in<uint16_t>(scales), out<uint16_t>(y), m, n, k, a, b);
     });
@@ -108,8 +120,8 @@ at::Tensor int8_gemv_op(const at::Tensor &x, const at::Tensor &q, const at::Tens
 TORCH_LIBRARY_FRAGMENT(compress, m) {
     m.def("int4_cpu_kn(Tensor packed, Tensor sz, int n, int k, int min_split, bool fp32=False) -> Tensor");
     m.def("int8_unpack(Tensor q, Tensor scales, int min_split, bool fp32=False) -> Tensor");
-    m.def("int4_gemv(Tensor x, Tensor packed, Tensor sz, int n, int min_split, bool generic=False) -> Tensor");
-    m.def("int8_gemv(Tensor x, Tensor q, Tensor scales, int min_split, bool generic=False) -> Tensor");
+    m.def("int4_gemv(Tensor x, Tensor packed, Tensor sz, int n, int min_split, bool generic=False, bool q8=False) -> Tensor");
+    m.def("int8_gemv(Tensor x, Tensor q, Tensor scales, int min_split, bool generic=False, bool q8=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(compress, CPU, m) {

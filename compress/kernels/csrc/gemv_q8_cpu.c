@@ -4,7 +4,8 @@
  * Why: there the fp32 GEMVs of gemv_cpu.c widen every code to fp32 for one FMA of 8 multiply-adds and are
  * bound by those instructions, not by memory; vpmaddubsw multiplies 32 byte pairs at once, so integer dot
  * products on int8 activations do the same sums in a third of the instructions (what llama.cpp does for every
- * weight type).
+ * weight type). Dispatch uses them for int8 by default (native.GEMV_Q8): in a decode step the int4 GEMVs already
+ * stream at about the memory's rate, so rounding x bought them little there.
  *
  * Each row of x (bf16) is cut into blocks of 32: d_b = max|x| / 127, xq = x · (127 / max|x|) rounded to nearest
  * even, in [−127, 127], so x̂ = d_b · xq (a block of zeros: d_b = 0; a non-finite value: d_b = NaN). Then, with

@@ -94,7 +94,10 @@ def environment(device: torch.device, s: BenchSettings) -> dict[str, Any]:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-    cpu = {"cpu_bf16": cpu_has_bf16()} if device.type == "cpu" else {}  # which kernels ran: see check_same_setup
+    from compress.kernels import native
+
+    # which kernels ran: see check_same_setup; gemv_q8: the bit widths whose decode GEMVs round x to int8 blocks
+    cpu = {"cpu_bf16": cpu_has_bf16(), "gemv_q8": sorted(native.GEMV_Q8)} if device.type == "cpu" else {}
     return {"device": str(device), "device_name": name, "label": "CUDA" if device.type == "cuda" else "CPU", **cpu,
             "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),

@@ -14,6 +14,12 @@ def _ratio(r: dict[str, float], key: str) -> str:
     return f" ({r[key]:.2f}×)" if key in r else ""
 
 
+def _q8(env: dict[str, Any]) -> str:
+    """Which decode GEMVs took x rounded to int8 blocks (kernels/csrc/gemv_q8_cpu.c), when any did."""
+    bits = env.get("gemv_q8") or []
+    return f" (int{'/int'.join(map(str, bits))} GEMVs on int8 activations)" if bits else ""
+
+
 def bench_table(report: dict[str, Any]) -> str:
     """Markdown table of a `benchmark` report, with the environment line under it."""
     rows_in = report["results"]
@@ -37,6 +43,6 @@ def bench_table(report: dict[str, Any]) -> str:
     ppl = f"perplexity: {s.get('data')}, seq_len {s.get('seq_len')}, " + \
         (f"first {s['max_windows']} windows" if s.get("max_windows") else "all windows")
     env = (f"{e['label']}: {e['device_name']}, {e['dtype']}, torch {e['torch']}, transformers {e['transformers']}; "
-           f"decode {e['decode_mode']}, prompt {s.get('prompt_len')} + {s.get('new_tokens')} tokens; "
+           f"decode {e['decode_mode']}{_q8(e)}, prompt {s.get('prompt_len')} + {s.get('new_tokens')} tokens; "
            f"median of {e['repeats']} after {e['warmup']} warmup; {ppl}")
     return markdown_table(header, rows) + "\n" + env

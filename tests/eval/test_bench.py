@@ -138,3 +138,23 @@ def test_a_recipe_that_reads_text_is_refused_on_a_random_base(tmp_path):
     recipe.write_text("passes:\n  - gptq: {bits: 4}\n")
     with pytest.raises(CompressError, match="reads text .* needs a real base model"):
         check_entries(["random:smollm2-135m", str(recipe)])
+
+
+def test_report_says_which_decode_gemvs_rounded_x(monkeypatch):
+    """Numbers from the int8-activation GEMVs are labelled as such (env and the table's last line)."""
+    import compress.eval.bench as bench
+    from compress.eval import entries
+    from compress.eval.table import bench_table
+    from compress.kernels import native
+
+    monkeypatch.setitem(entries.RANDOM_SHAPES, "tiny", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                                            num_attention_heads=4, num_key_value_heads=2, vocab_size=300))
+    s = BenchSettings(prefill=(8,), batches=(1,), new_tokens=2, warmup=0, repeats=1, skip_perplexity=True,
+                      decode_mode="eager")
+    for bits, label in ((frozenset({8}), "(int8 GEMVs on int8 activations)"), (frozenset({4, 8}), "(int4/int8 GEMVs"),
+                        (frozenset(), None)):
+        monkeypatch.setattr(native, "GEMV_Q8", bits)
+        report = bench.benchmark(["random:tiny"], s, "cpu", progress=False)
+        assert report["env"]["gemv_q8"] == sorted(bits)
+        footer = bench_table(report).splitlines()[-1]
+        assert (label in footer) if label else "activations" not in footer, footer

@@ -116,10 +116,8 @@ static void int4_block_avx512(const uint16_t *x, const uint8_t *packed, const ui
 static void int4_block_avx2(const float *xf, const uint8_t *packed, const uint16_t *sz, const float *xsum,
                             float *y, int64_t n, int64_t k, int64_t groups, int64_t b) {
     const int64_t group = k / groups;
-    const __m256i nib = _mm256_set1_epi32(15), hi16 = _mm256_set1_epi32((int)0xFFFF0000u);
-    const __m256 c8 = _mm256_set1_ps(8.0f);
-    float *yb = y + b * 64;
-    for (int j = 0; j < 64; j += 8) _mm256_storeu_ps(yb + j, _mm256_setzero_ps());
+    const __m256i nib = _mm256_set1_epi32(15);
+    for (int j = 0; j < 64; j += 8) _mm256_storeu_ps(y + b * 64 + j, _mm256_setzero_ps());
     const uint8_t *p = packed + b * k * 32;
     for (int64_t g = 0; g < groups; ++g) {
         __m256 d[8];
@@ -134,15 +132,7 @@ static void int4_block_avx2(const float *xf, const uint8_t *packed, const uint16
                 d[j + 4] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), xv, d[j + 4]);
             }
         }
-        const uint16_t *t = sz + (g * n + b * 64) * 2;
-        const __m256 xs = _mm256_set1_ps(xsum[g]);
-        for (int j = 0; j < 8; ++j) {  /* rows 8j..8j+7: their (s, zt) pairs are 32 bytes */
-            const __m256i st = _mm256_loadu_si256((const __m256i *)(t + 16 * j));
-            const __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(st, 16));
-            const __m256 zt = _mm256_castsi256_ps(_mm256_and_si256(st, hi16));
-            __m256 yv = _mm256_fmadd_ps(s, d[j], _mm256_loadu_ps(yb + 8 * j));
-            _mm256_storeu_ps(yb + 8 * j, _mm256_fmadd_ps(_mm256_fnmadd_ps(c8, s, zt), xs, yv));
-        }
+        int4_group_end_avx2(sz, d, xsum[g], y, n, g, b);
     }
 }
 #endif

@@ -31,7 +31,7 @@
 #include "bf16.h"
 #include "int4_cpu_layout.h"
 
-#if defined(__AVX2__) && !defined(COMPRESS_GENERIC)
+#if defined(__AVX2__) && defined(__FMA__) && !defined(COMPRESS_GENERIC)
 #define Q8_AVX2 1
 #include <immintrin.h>
 #define PREFETCH 4096
@@ -80,10 +80,8 @@ static void int4_rows_q8(const int8_t *xq, const float *xd, const uint8_t *packe
 static void int4_block_q8_avx2(const int8_t *xq, const float *xd, const uint8_t *packed, const uint16_t *sz,
                                const float *xsum, float *y, int64_t n, int64_t k, int64_t groups, int64_t b) {
     const int64_t group = k / groups;
-    const __m256i nib = _mm256_set1_epi8(0x0F), hi16 = _mm256_set1_epi32((int)0xFFFF0000u);
-    const __m256 c8 = _mm256_set1_ps(8.0f);
-    float *yb = y + b * 64;
-    for (int j = 0; j < 64; j += 8) _mm256_storeu_ps(yb + j, _mm256_setzero_ps());
+    const __m256i nib = _mm256_set1_epi8(0x0F);
+    for (int j = 0; j < 64; j += 8) _mm256_storeu_ps(y + b * 64 + j, _mm256_setzero_ps());
     const uint8_t *p = packed + b * k * 32;
     for (int64_t g = 0; g < groups; ++g) {
         __m256 f[8];
@@ -114,15 +112,7 @@ static void int4_block_q8_avx2(const int8_t *xq, const float *xd, const uint8_t 
             WIDEN(4, a2, 0) WIDEN(6, a2, 1) WIDEN(5, a3, 0) WIDEN(7, a3, 1)
 #undef WIDEN
         }
-        const uint16_t *t = sz + (g * n + b * 64) * 2;
-        const __m256 xs = _mm256_set1_ps(xsum[g]);
-        for (int j = 0; j < 8; ++j) {  /* rows 8j..8j+7: their (s, zt) pairs are 32 bytes */
-            const __m256i st = _mm256_loadu_si256((const __m256i *)(t + 16 * j));
-            const __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(st, 16));
-            const __m256 zt = _mm256_castsi256_ps(_mm256_and_si256(st, hi16));
-            const __m256 yv = _mm256_fmadd_ps(s, f[j], _mm256_loadu_ps(yb + 8 * j));
-            _mm256_storeu_ps(yb + 8 * j, _mm256_fmadd_ps(_mm256_fnmadd_ps(c8, s, zt), xs, yv));
-        }
+        int4_group_end_avx2(sz, f, xsum[g], y, n, g, b);
     }
 }
 #endif

@@ -59,7 +59,8 @@ def _q8_default() -> frozenset[int]:
     if env:
         warnings.warn(f"COMPRESS_GEMV_Q8={env!r} ignored: allowed: {', '.join(Q8_CHOICES)}", RuntimeWarning)
     flags = _cpu_id().split()
-    return Q8_CHOICES["int8" if "avx2" in flags and "avx512_bf16" not in flags else "0"]
+    avx2 = "avx2" in flags and "fma" in flags  # what the kernel's AVX2 path is built for
+    return Q8_CHOICES["int8" if avx2 and "avx512_bf16" not in flags else "0"]
 
 
 GEMV_Q8 = _q8_default()

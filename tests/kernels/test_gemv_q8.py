@@ -163,6 +163,8 @@ def test_default_follows_the_cpu_and_the_environment(monkeypatch):
     assert native._q8_default() == {8}  # int8 only: int4's GEMVs are at the memory's rate already
     monkeypatch.setattr(native, "_cpu_id", lambda: "flags : fpu avx2 fma avx512f avx512_bf16")
     assert native._q8_default() == set()  # AVX512-BF16: the bf16 dot products of the exact x
+    monkeypatch.setattr(native, "_cpu_id", lambda: "flags : fpu avx2")
+    assert native._q8_default() == set()  # no FMA: no AVX2 path to run, only the generic C loops
     for env, bits in (("all", {4, 8}), ("int8", {8}), ("0", set())):
         monkeypatch.setenv("COMPRESS_GEMV_Q8", env)
         assert native._q8_default() == bits

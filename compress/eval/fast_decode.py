@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import CompressError
+from compress.eval.gqa_attention import use_for_decode
 
 MODES = ("auto", "eager", "graph", "compile", "max")
 
@@ -96,6 +97,7 @@ class StaticDecoder:
         from transformers import StaticCache
 
         self.model = model
+        use_for_decode(model)  # grouped-query decode reads the KV cache in place (same results as `sdpa`)
         self.device = next(model.parameters()).device
         self.mode = resolve_mode(mode, self.device)
         self.fallback = mode == "auto"  # auto may fall back to eager where compiling fails (no C++ compiler, say)

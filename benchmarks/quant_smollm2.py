@@ -48,6 +48,15 @@ def variants(sr: dict) -> dict[str, list[dict]]:
     q = {"bits": 4, "group_size": -1, "symmetric": False}
     v["rotate-noheads-rtn-pc"] = [{"rotate": {"heads": False}}, {"rtn": q}]
     v["rotate-random-rtn-pc"] = [{"rotate": {"kind": "random"}}, {"rtn": q}]
+    # SmolLM2's massive residual channels (largest share of the normalized inputs' energy) left in place
+    for kt, keep in (("keep1", [507]), ("keep3", [17, 247, 507]), ("keep7", [17, 199, 230, 247, 260, 308, 507])):
+        k = {"rotate": {"keep": keep}}
+        v[f"rotate-{kt}"] = [k]
+        for tag, g in INT4.items():
+            q = {"bits": 4, "group_size": g, "symmetric": False}
+            v[f"rotate-{kt}-rtn-{tag}"] = [k, {"rtn": q}]
+            v[f"rotate-{kt}-gptq-{tag}"] = [k, {"gptq": q}]
+            v[f"rotate-{kt}-gptq-mse-{tag}"] = [k, {"gptq": {**q, "clip_search": True}}]
     return v
 
 

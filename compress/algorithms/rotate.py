@@ -95,6 +95,24 @@ def orthogonal_matrix(n: int, kind: str = "hadamard", seed: int = 0) -> tuple[to
     raise ValueError(f"kind {kind!r}: allowed: hadamard, random")
 
 
+def orthogonal_keeping(n: int, keep: tuple[int, ...], kind: str = "hadamard", seed: int = 0) -> tuple[torch.Tensor, str]:
+    """Like `orthogonal_matrix`, but channels `keep` map to themselves (Q[k, k] = 1) and only the other n − len(keep)
+    channels are mixed, by an orthogonal matrix of that size. Why: a massive activation sits in one residual channel
+    (an attention sink: SmolLM2's first token, |x| ≈ 22,500 in channel 507) whose norm weight is ≈ 0, so the linears
+    after the norm never see it; rotated, it becomes a dense direction that meets every weight's rounding error."""
+    if not keep:
+        return orthogonal_matrix(n, kind, seed)
+    kept = sorted(set(keep))
+    if kept[0] < 0 or kept[-1] >= n:
+        raise ValueError(f"keep: channels must lie in 0..{n - 1}, got {kept}")
+    rest = torch.tensor([i for i in range(n) if i not in set(kept)])
+    sub, how = orthogonal_matrix(len(rest), kind, seed)
+    q = torch.zeros(n, n, dtype=torch.float64)
+    q[kept, kept] = 1.0
+    q[rest.view(-1, 1), rest.view(1, -1)] = sub
+    return q, f"{how} on {len(rest)} channels, {len(kept)} kept"
+
+
 def fold_norm(weight: torch.Tensor, norm_weight: torch.Tensor) -> torch.Tensor:
     """W·diag(g) (float64): the norm's elementwise weight g moved into the linear that reads the norm."""
     return weight.to(torch.float64) * norm_weight.to(torch.float64).view(1, -1)

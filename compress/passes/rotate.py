@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from compress.algorithms.rotate import (fold_norm, orthogonal_matrix, rotate_head_inputs, rotate_head_outputs,
+from compress.algorithms.rotate import (fold_norm, orthogonal_keeping, orthogonal_matrix, rotate_head_inputs, rotate_head_outputs,
                                         rotate_input, rotate_output, rotate_rows)
 from compress.context import Context
 from compress.errors import CompressError
@@ -33,6 +33,7 @@ class RotateConfig(PassConfig):
                        "'random': seeded random orthogonal (QR)", choices=("hadamard", "random"))
     seed: int = option(0, "seed of the Hadamard's random signs / of the random matrix", min=0)
     heads: bool = option(True, "also rotate each attention head's values (v_proj rows, o_proj columns; exact, online-free)")
+    keep: tuple[int, ...] = option((), "residual channels left unrotated (e.g. an attention sink's massive channel)")
 
     def check(self) -> None:
         if self.targets:
@@ -113,11 +114,11 @@ def untie_head(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def rotate_model(model: nn.Module, kind: str, seed: int, heads: bool) -> dict:
+def rotate_model(model: nn.Module, kind: str, seed: int, heads: bool, keep: tuple[int, ...] = ()) -> dict:
     """Rotate a checked model in place; returns what the report shows."""
     inner = model.model
     n = inner.embed_tokens.weight.shape[1]
-    q, how = orthogonal_matrix(n, kind, seed)
+    q, how = orthogonal_keeping(n, keep, kind, seed)
     untied = untie_head(model)
     _set(inner.embed_tokens.weight, rotate_rows(inner.embed_tokens.weight, q))
     head_how = None
@@ -146,5 +147,9 @@ def rotate(model: nn.Module, cfg: RotateConfig, ctx: Context) -> nn.Module:
     if any(isinstance(m, QuantEmbedding) for m in mods.values()):
         raise CompressError(f"{ctx.where}: the embedding reads a packed lm_head; rotate must come before quantization passes")
     check_architecture(model, ctx.where)
-    ctx.stats.update(rotate_model(model, cfg.kind, cfg.seed, cfg.heads))
+    n = model.model.embed_tokens.weight.shape[1]
+    for c in cfg.keep:
+        if not 0 <= c < n:
+            raise CompressError(f"{ctx.where}: keep: channel {c} is outside the residual stream's 0..{n - 1}")
+    ctx.stats.update(rotate_model(model, cfg.kind, cfg.seed, cfg.heads, tuple(cfg.keep)))
     return model

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress.algorithms.rotate import (fold_norm, hadamard_matrix, hadamard_orders, orthogonal_matrix, paley,
+from compress.algorithms.rotate import (fold_norm, hadamard_matrix, hadamard_orders, orthogonal_keeping, orthogonal_matrix, paley,
                                         rotate_head_inputs, rotate_head_outputs, rotate_input, rotate_output,
                                         rotate_rows)
 
@@ -42,6 +42,20 @@ def test_orthogonal_and_seeded(n, kind):
     assert torch.equal(q, orthogonal_matrix(n, kind, 3)[0]) and not torch.equal(q, orthogonal_matrix(n, kind, 4)[0])
     if kind == "hadamard":  # randomized signs, entries all ±1/√n: no channel keeps more than its share
         assert torch.allclose(q.abs(), torch.full((n, n), n**-0.5, dtype=torch.float64))
+
+
+def test_keeping_channels_fixes_them_and_mixes_the_rest():
+    """e_k·Q = e_k for a kept channel k (its column and row are e_k), Q orthogonal, every other channel mixed."""
+    q, how = orthogonal_keeping(576, (507, 3), "hadamard", 0)
+    assert torch.allclose(q @ q.T, EYE(576), atol=1e-12)
+    for k in (3, 507):
+        assert torch.equal(q[k], EYE(576)[k]) and torch.equal(q[:, k], EYE(576)[k])
+    rest = [i for i in range(576) if i not in (3, 507)]
+    assert (q[rest][:, rest].abs() > 0).float().mean() > 0.99  # dense on the other 574 (no Hadamard: random)
+    assert how == "random (no Hadamard construction for 574) on 574 channels, 2 kept"
+    assert torch.equal(orthogonal_keeping(64, (), "hadamard", 1)[0], orthogonal_matrix(64, "hadamard", 1)[0])
+    with pytest.raises(ValueError, match=r"keep: channels must lie in 0\.\.63, got \[64\]"):
+        orthogonal_keeping(64, (64,))
 
 
 def test_unknown_kind():

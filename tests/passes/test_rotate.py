@@ -97,6 +97,17 @@ def test_rotation_lowers_int4_per_channel_error(tokenizer):
     assert rotated < 0.7 * plain, (plain, rotated)
 
 
+def test_kept_channels_stay_in_place_and_the_function_too(tokenizer):
+    """`keep`: the embedding's kept column is the original's (the norm folds elsewhere), the rest rotate; same logits."""
+    ref_model = make_arch("llama", False)
+    ref = logits(ref_model)
+    res = run([{"rotate": {"keep": [5, 40]}}], make_arch("llama", False), tokenizer)
+    emb, orig = res.model.model.embed_tokens.weight, ref_model.model.embed_tokens.weight
+    assert torch.equal(emb[:, [5, 40]], orig[:, [5, 40]]) and not torch.allclose(emb[:, :5], orig[:, :5])
+    assert rel(logits(res.model), ref) < 1e-4
+    assert res.report["passes"][0]["matrix"].endswith("on 62 channels, 2 kept")
+
+
 def test_checkpoint_reloads_with_equal_logits(tokenizer, tmp_path):
     """rotate → int4 RTN saves and loads back (compress.load); rotate alone is a plain transformers model."""
     from transformers import AutoModelForCausalLM
@@ -130,7 +141,8 @@ def test_packed_modules_are_refused(tokenizer):
 
 
 @pytest.mark.parametrize("opts, match", [({"kind": "givens"}, "kind"), ({"targets": ["*.q_proj"]}, "targets: rotate acts on the whole"),
-                                         ({"ignore": []}, "ignore: rotate acts on every module")])
+                                         ({"ignore": []}, "ignore: rotate acts on every module"),
+                                         ({"keep": [64]}, r"keep: channel 64 is outside the residual stream's 0\.\.63")])
 def test_bad_options(opts, match, tokenizer):
     with pytest.raises(CompressError, match=match):
         run([{"rotate": opts}], make_model(), tokenizer)

@@ -8,6 +8,8 @@ A model written `SPEC=MODES` (e.g. `smollm2@fp32=compile,max`) runs only those m
 dense fp32 model takes minutes on some CPUs, and only the best dense row needs it. A mode ending in `/exact` or
 `/q8` (e.g. `out/int4=compile,compile/q8`) runs with the decode GEMVs on int8 activations (`native.GEMV_Q8`; int8
 only by default on AVX2 CPUs) off, or on for int8 and int4: their speed and greedy tokens beside the default's.
+A mode ending in `/kvcopy` decodes with transformers' own `sdpa` attention, which copies every layer's whole KV
+cache per step for grouped-query heads under compile, instead of the decoder's default `compress_sdpa`.
 
 Each (model, mode) gets its own copy of the model and a `StaticDecoder` (`compile` is the bench's
 default, `torch.compile(fullgraph=True)`; `max` also freezes the weights into the graph and lets
@@ -83,8 +85,11 @@ def main() -> None:
     ap.add_argument("--modes", default="eager,compile", help="comma-separated: eager, compile, max")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--cache-len", type=int, default=None,
+                    help="static KV cache positions (default: prompt + steps + 1, the least; a chat keeps thousands)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    cache_len = a.cache_len or 32 + a.steps + 1
     torch.set_num_threads(a.threads)
     bw = read_bandwidth()
     tok = load_model("smollm2", torch.device("cpu"), torch.float32)[1]
@@ -98,7 +103,9 @@ def main() -> None:
                 model = load(spec).eval()  # a copy per mode: a compiled step is cached per model
                 sizes[spec] = memory_bytes(model)
                 before = rss_mib()
-                dec = StaticDecoder(model, 32 + a.steps + 1, gemv_for(mode))
+                dec = StaticDecoder(model, cache_len, gemv_for(mode))
+                if mode.endswith("/kvcopy"):
+                    model.set_attn_implementation("sdpa")  # before the step is built (first decode)
                 first = dec.prefill(ids)
                 t = time.perf_counter()
                 tokens[(spec, mode)] = dec.decode(first, 32, a.steps)  # builds the compiled step
@@ -128,7 +135,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     if a.out:
         env = {"torch": torch.__version__, "threads": a.threads, "gemv_q8_bits": sorted(Q8_DEFAULT), "read_GBps": round(bw / 1e9, 2), "rounds": a.rounds, "modes": modes,
-               "steps": a.steps, "date": time.strftime("%Y-%m-%d")}
+               "steps": a.steps, "cache_len": cache_len, "date": time.strftime("%Y-%m-%d")}
         Path(a.out).write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
 
 

@@ -9,7 +9,8 @@ dense fp32 model takes minutes on some CPUs, and only the best dense row needs i
 `/q8` (e.g. `out/int4=compile,compile/q8`) runs with the decode GEMVs on int8 activations (`native.GEMV_Q8`; int8
 only by default on AVX2 CPUs) off, or on for int8 and int4: their speed and greedy tokens beside the default's.
 A mode ending in `/kvcopy` decodes with transformers' own `sdpa` attention, which copies every layer's whole KV
-cache per step for grouped-query heads under compile, instead of the decoder's default `compress_sdpa`.
+cache per step for grouped-query heads under compile, instead of the decoder's default `compress_sdpa`; one ending
+in `/guarded` keeps all of dynamo's guards on the decoder (model, cache) that the default step drops.
 
 Each (model, mode) gets its own copy of the model and a `StaticDecoder` (`compile` is the bench's
 default, `torch.compile(fullgraph=True)`; `max` also freezes the weights into the graph and lets
@@ -106,6 +107,7 @@ def main() -> None:
                 dec = StaticDecoder(model, cache_len, gemv_for(mode))
                 if mode.endswith("/kvcopy"):
                     model.set_attn_implementation("sdpa")  # before the step is built (first decode)
+                dec.skip_guards = not mode.endswith("/guarded")
                 first = dec.prefill(ids)
                 t = time.perf_counter()
                 tokens[(spec, mode)] = dec.decode(first, 32, a.steps)  # builds the compiled step

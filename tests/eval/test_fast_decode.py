@@ -58,7 +58,7 @@ def test_auto_falls_back_to_eager_when_compiling_fails(tiny_model, monkeypatch):
     an explicit `compile` raises."""
     from compress.eval import fast_decode
 
-    def broken(fn, device, mode="compile"):
+    def broken(fn, device, mode="compile", lean_guards=False):
         def step(*a):
             raise RuntimeError("no C++ compiler found")
         return step
@@ -72,3 +72,33 @@ def test_auto_falls_back_to_eager_when_compiling_fails(tiny_model, monkeypatch):
     assert torch.equal(got, want) and dec.mode == "eager"
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         StaticDecoder(tiny_model, 12, "compile").generate(ids, 6)
+
+
+def test_compiled_step_keeps_no_guards_on_its_decoder(tiny_model, monkeypatch):
+    """The lean step drops dynamo's guards on the bound decoder (model, cache) and keeps those on its inputs,
+    and decodes what the eager step decodes; with skip_guards off every guard stays."""
+    from compress.eval import fast_decode
+
+    seen: list[tuple[list[str], list[bool]]] = []
+    lean = fast_decode._lean_guards
+
+    def spy(entries):
+        keep = lean(entries)
+        seen.append(([e.name for e in entries], list(keep)))
+        return keep
+
+    monkeypatch.setattr(fast_decode, "_lean_guards", spy)
+    ids = torch.randint(0, 300, (1, 5), generator=torch.Generator().manual_seed(3))
+    want = StaticDecoder(tiny_model, 16, "eager").generate(ids, 8)
+    torch._dynamo.reset()
+    assert torch.equal(StaticDecoder(tiny_model, 16, "compile").generate(ids, 8), want)
+    (names, keep), = seen
+    dropped = [n for n, k in zip(names, keep) if not k]
+    kept = [n for n, k in zip(names, keep) if k]
+    assert len(dropped) > 100 and all("bound_decoder" in n for n in dropped)
+    assert "tok" in kept and not any("bound_decoder" in n for n in kept)  # the token shape still guards the graph
+    seen.clear()
+    torch._dynamo.reset()
+    full = StaticDecoder(tiny_model, 16, "compile")
+    full.skip_guards = False
+    assert torch.equal(full.generate(ids, 8), want) and seen == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import re
 import time
 import types
@@ -93,11 +94,16 @@ def _next_token(tok: torch.Tensor, pos: torch.Tensor, bound_decoder: "StaticDeco
 
 
 def _bound_step(dec: "StaticDecoder") -> Callable[..., torch.Tensor]:
-    """`_next_token` with `dec` as its last default: a plain function for dynamo to compile. Compiling the decoder's
-    no_grad-wrapped method instead made decoders in one process share a compiled frame and check each other's
-    guards every step: two SmolLM2 int4 decoders, as `bench --interleave` keeps them, decoded at 64 tok/s each
-    where one alone ran at 93 (2 threads); bound this way, two ran at 89 and 90."""
-    return types.FunctionType(_next_token.__code__, _next_token.__globals__, "_next_token", (dec,))
+    """`_next_token` with `dec` as its last default, under a code object of its own: a plain function for dynamo
+    to compile. Dynamo keeps compiled frames per code object, so decoders sharing one code object checked each
+    other's guards every step (two SmolLM2 int4 decoders, as `bench --interleave` keeps them, decoded at 64 tok/s
+    each where one alone ran at 93, 2 threads), and with the decoder's guards dropped (`_lean_guards`) a second
+    decoder would run the first one's graph, weights and cache included. One code object per decoder rules out both."""
+    code = _next_token.__code__.replace(co_name=f"_next_token_{next(_STEP_IDS)}")
+    return types.FunctionType(code, _next_token.__globals__, code.co_name, (dec,))
+
+
+_STEP_IDS = itertools.count()
 
 
 class StaticDecoder:

@@ -102,3 +102,17 @@ def test_compiled_step_keeps_no_guards_on_its_decoder(tiny_model, monkeypatch):
     full = StaticDecoder(tiny_model, 16, "compile")
     full.skip_guards = False
     assert torch.equal(full.generate(ids, 8), want) and seen == []
+
+
+def test_two_decoders_of_one_architecture_keep_their_own_models():
+    """Decoders of a dense model and of its int8 copy in one process (as `bench --interleave` holds them): each
+    compiled step decodes its own model, although neither keeps guards on its model."""
+    import compress
+    from tests.conftest import make_model
+
+    dense = make_model()
+    packed = compress.run({"passes": [{"rtn": {"bits": 8}}]}, make_model(), progress=False).model
+    ids = torch.randint(0, 300, (1, 5), generator=torch.Generator().manual_seed(4))
+    want = [StaticDecoder(m, 16, "eager").generate(ids, 8) for m in (dense, packed)]
+    got = [StaticDecoder(m, 16, "compile").generate(ids, 8) for m in (dense, packed)]
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

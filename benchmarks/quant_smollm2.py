@@ -45,6 +45,8 @@ def variants(sr: dict) -> dict[str, list[dict]]:
         v[f"rotate-awq-gptq-mse-{tag}"] = [rot, {"awq": q}, {"gptq": {**q, "clip_search": True}}]
         v[f"rotate-gptq-mse-int8head-{tag}"] = [rot, {"gptq": {**q, "clip_search": True}},
                                                 {"rtn": {"bits": 8, "targets": ["lm_head"], "ignore": []}}]
+    for g in (64, 128):
+        v[f"rotate-gptq-mse-int3-g{g}"] = [rot, {"gptq": {"bits": 3, "group_size": g, "symmetric": False, "clip_search": True}}]
     q = {"bits": 4, "group_size": -1, "symmetric": False}
     v["rotate-noheads-rtn-pc"] = [{"rotate": {"heads": False}}, {"rtn": q}]
     v["rotate-random-rtn-pc"] = [{"rotate": {"kind": "random"}}, {"rtn": q}]

@@ -73,7 +73,7 @@ def building(mode: str, device: torch.device) -> contextlib.AbstractContextManag
     return inductor.patch(freezing=True)
 
 
-_CAN_FILTER_GUARDS = hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe")  # guard_filter_fn: torch ≥ 2.8
+_CAN_FILTER_GUARDS = hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe")  # shipped with guard_filter_fn; else all guards
 _BOUND = re.compile(r"\bbound_decoder\b")  # how dynamo names what the step reads through its bound decoder
 
 

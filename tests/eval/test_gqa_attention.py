@@ -2,10 +2,10 @@
 computes (its own repeat_kv and softmax: an independent reference), and the decoder switches to it."""
 from __future__ import annotations
 
-import pytest
-import torch
 import inspect
 
+import pytest
+import torch
 from transformers import StaticCache
 
 from compress.eval import gqa_attention

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import mmap
 import time
 from pathlib import Path
 
@@ -78,22 +79,29 @@ def test_bytes_by_format_after_int8(tiny_model):
     assert by["dense"] == (300 * 64 + 2 * 2 * 64 + 64) * 4 + buffers  # embedding (tied head) + norms
 
 
+def _touched_map(nbytes: int) -> mmap.mmap:
+    """Fresh anonymous pages, every one written: resident memory that malloc cannot have had before."""
+    buf = mmap.mmap(-1, nbytes)
+    torch.frombuffer(buf, dtype=torch.uint8).fill_(1)
+    return buf
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS reset needs Linux /proc")
 def test_cpu_peak_is_the_windows_resident_peak():
-    """A 400 MB buffer freed before the window does not count; one touched inside it does. The garbage collector is
-    run first and held off in the window: earlier tests' models freed by it mid-window (seen in a full CI run) let
-    RSS fall by more than the buffer, so the peak did not move."""
+    """A 400 MB buffer unmapped before the window does not count; one touched inside it does. The buffers are
+    anonymous maps, not tensors: after a full CI run malloc's heap held enough freed, still-resident memory to serve a
+    200 MB tensor without RSS moving (the peak stayed exactly put). The garbage collector is drained and held off in
+    the window so earlier tests' models freed mid-window cannot lower RSS either."""
     cpu = torch.device("cpu")
-    big = torch.ones(100_000_000)  # 400 MB, touched
-    del big
+    _touched_map(400_000_000).close()
     gc.collect()
     gc.disable()
     try:
         speed.reset_peak(cpu)
         before = speed.peak_memory(cpu)
-        inside = torch.ones(50_000_000)  # 200 MB
+        inside = _touched_map(200_000_000)
         after = speed.peak_memory(cpu)
-        del inside
+        inside.close()
     finally:
         gc.enable()
     assert before is not None and after is not None

@@ -25,6 +25,7 @@ from compress.algorithms.distill_losses import distill_kl, hidden_mse, next_toke
 from compress.distill.data import step_batch
 from compress.distill.layers import DistillStudent, capture_layer_outputs
 from compress.distill.log import write_logs
+from compress.distill.schedule import warmup_cosine
 from compress.errors import CompressError
 
 STATE_FILE = "state.pt"
@@ -245,8 +246,6 @@ def _first_line(e: BaseException) -> str:
 def train(student: DistillStudent, teacher: nn.Module, train_windows: torch.Tensor, eval_windows: torch.Tensor,
           s: TrainSettings, device: torch.device, on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Distil `teacher` into `student` in place for `s.steps` optimizer steps (see the module docstring)."""
-    from transformers import get_cosine_schedule_with_warmup
-
     acc = make_accelerator(device, s.mixed_precision)
     for p in student.parameters():  # fp32 master weights; bf16 happens in autocast on GPUs
         p.data = p.data.float()
@@ -258,7 +257,7 @@ def train(student: DistillStudent, teacher: nn.Module, train_windows: torch.Tens
     if not params:
         raise CompressError(f"{s.where}: nothing to train (targets/ignore select no module with weights)")
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, s.warmup_steps, s.steps)
+    sched = warmup_cosine(opt, s.warmup_steps, s.steps)
     wrapped, opt = acc.prepare(student, opt)
     state_dir = Path(s.state_dir) if s.state_dir else None
     start, rows = load_state(state_dir, s, acc.unwrap_model(wrapped), opt, sched) if (state_dir and s.resume) else (0, [])

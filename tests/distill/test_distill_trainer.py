@@ -56,6 +56,7 @@ def settings(state_dir, **kw) -> TrainSettings:
 def test_resume_matches_an_uninterrupted_run(tmp_path, sparse):
     s, t, tr, ev = setup(sparse)
     full = train(s, t, tr, ev, settings(tmp_path / "a"), CPU)
+    assert [r["lr"] for r in full.rows[1:3]] == pytest.approx([3e-3 / 2, 3e-3])  # warmup 2: no step at lr 0
     ref = {n: p.detach().clone() for n, p in s.named_parameters()}
 
     s2, t2, _, _ = setup(sparse)

@@ -10,7 +10,8 @@ dense fp32 model takes minutes on some CPUs, and only the best dense row needs i
 only by default on AVX2 CPUs) off, or on for int8 and int4: their speed and greedy tokens beside the default's.
 A mode ending in `/kvcopy` decodes with transformers' own `sdpa` attention, which copies every layer's whole KV
 cache per step for grouped-query heads under compile, instead of the decoder's default `compress_sdpa`; one ending
-in `/guarded` keeps all of dynamo's guards on the decoder (model, cache) that the default step drops.
+in `/guarded` keeps all of dynamo's guards on the decoder (model, cache) that the default step drops; one ending in
+`/atensdpa` runs one-token attention through aten's SDPA instead of the C kernel (`native.attn_decode`).
 
 Each (model, mode) gets its own copy of the model and a `StaticDecoder` (`compile` is the bench's
 default, `torch.compile(fullgraph=True)`; `max` also freezes the weights into the graph and lets
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch
 
 import compress
+from compress.eval import gqa_attention
 from compress.eval.fast_decode import StaticDecoder
 from compress.eval.speed import memory_bytes
 from compress.kernels import native
@@ -74,8 +76,10 @@ Q8_DEFAULT = native.GEMV_Q8
 
 
 def gemv_for(mode: str) -> str:
-    """Set the decode GEMVs for `mode` (a compiled step is cached per setting) and return the decoder's mode."""
+    """Set the decode GEMVs and attention for `mode` (a compiled step is cached per setting) and return the decoder's
+    mode."""
     native.GEMV_Q8 = {"exact": frozenset(), "q8": frozenset({4, 8})}.get(mode.partition("/")[2], Q8_DEFAULT)
+    gqa_attention.NATIVE = not mode.endswith("/atensdpa")
     return mode.split("/")[0]
 
 

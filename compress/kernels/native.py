@@ -26,12 +26,14 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).with_name("csrc")
-C_SOURCES = [CSRC / "int4_cpu_kn.c", CSRC / "gemv_cpu.c", CSRC / "int8_cpu_unpack.c", CSRC / "gemv_q8_cpu.c"]
+C_SOURCES = [CSRC / "int4_cpu_kn.c", CSRC / "gemv_cpu.c", CSRC / "int8_cpu_unpack.c", CSRC / "gemv_q8_cpu.c",
+             CSRC / "attn_decode_cpu.c"]
 SOURCES = [*C_SOURCES, CSRC / "ops.cpp", CSRC / "bf16.h", CSRC / "int4_cpu_layout.h"]
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fPIC"]
 KN_FP32 = ["-DKN_FP32", "-Dint4_cpu_kn=int4_cpu_kn_f32"]
 GENERIC = ["-DCOMPRESS_GENERIC", "-Dint4_gemv=int4_gemv_generic", "-Dint8_gemv=int8_gemv_generic",
            "-Dint4_gemv_q8=int4_gemv_q8_generic", "-Dint8_gemv_q8=int8_gemv_q8_generic"]
+REASSOCIATE = ["-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]  # lets sums vectorize (attention only)
 SPLIT_MIN = 1 << 18  # weights with fewer elements than this are unpacked on one thread
 GEMV_SPLIT_MIN = 1 << 18  # and multiplied on one thread: below it waking the others costs more than they save
 _LIB: dict[str, Path | None] = {}
@@ -79,7 +81,7 @@ def _compilers() -> tuple[str, str]:
 
 
 def _build(cc: str, cxx: str) -> Path:
-    """The operator library: seven C objects (the kernels, the int4 unpack again with fp32 output and both kinds of
+    """The operator library: eight C objects (the kernels, the int4 unpack again with fp32 output and both kinds of
     GEMV again without intrinsics, under other names) linked into the C++ operators against this torch."""
     torch_lib = Path(torch.__file__).parent / "lib"
     # -fopenmp: at::parallel_for is OpenMP in torch's headers (serial without it); libgomp.so.1 is the one torch loaded
@@ -95,7 +97,8 @@ def _build(cc: str, cxx: str) -> Path:
         objs = []
         for name, source, extra in (("kn", C_SOURCES[0], []), ("kn32", C_SOURCES[0], KN_FP32), ("gemv", C_SOURCES[1], []),
                                     ("generic", C_SOURCES[1], GENERIC), ("int8", C_SOURCES[2], []),
-                                    ("q8", C_SOURCES[3], []), ("q8generic", C_SOURCES[3], GENERIC)):
+                                    ("q8", C_SOURCES[3], []), ("q8generic", C_SOURCES[3], GENERIC),
+                                    ("attn", C_SOURCES[4], REASSOCIATE)):
             objs.append(f"{tmp}/{name}.o")
             subprocess.run([cc, *FLAGS, *extra, "-c", str(source), "-o", objs[-1]], check=True, capture_output=True, timeout=120)
         out = f"{tmp}/ops.so"
@@ -137,6 +140,7 @@ def _register_fakes() -> None:
         lambda x, packed, sz, n, min_split, generic=False, q8=False: x.new_empty(x.shape[0], n, dtype=bf16))
     torch.library.register_fake("compress::int8_gemv")(
         lambda x, q, scales, min_split, generic=False, q8=False: x.new_empty(x.shape[0], q.shape[0], dtype=bf16))
+    torch.library.register_fake("compress::attn_decode")(lambda q, k, v, mask, scale, min_split: torch.empty_like(q))
 
 
 @torch.compiler.assume_constant_result
@@ -170,3 +174,10 @@ def int8_gemv(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, generic: b
     streams the codes once, sums in fp32 (`q8`: x rounded to int8 blocks of 32, integer sums; K a multiple of 32).
     `generic`: the kernel without intrinsics."""
     return torch.ops.compress.int8_gemv(x.contiguous(), q, scales.contiguous(), GEMV_SPLIT_MIN, generic, q8)
+
+
+def attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Attention of one token a row: q [B, Hkv, R, D] (the R query heads of each KV head), the cache k, v [B, Hkv, L,
+    D] read in place, mask [B, L] (True: attend; None: every position) → [B, Hkv, R, D], fp32 or bf16 (fp32 sums).
+    Masked positions are skipped, so a static cache's unused length costs nothing."""
+    return torch.ops.compress.attn_decode(q.contiguous(), k, v, mask, scale, GEMV_SPLIT_MIN)

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
 
 extern "C" {
 int int4_cpu_kn(const uint8_t *packed, const uint16_t *sz, uint16_t *out, int64_t n, int64_t k, int64_t groups,
@@ -36,6 +37,8 @@ int int8_gemv_q8(const uint16_t *x, const int8_t *q, const uint16_t *scales, uin
                  int64_t k, int64_t r0, int64_t r1);
 int int8_gemv_q8_generic(const uint16_t *x, const int8_t *q, const uint16_t *scales, uint16_t *out, int64_t m,
                          int64_t n, int64_t k, int64_t r0, int64_t r1);
+int attn_decode(const void *q, const void *k, const void *v, const uint8_t *mask, void *out, int64_t hkv, int64_t r,
+                int64_t l, int64_t d, float scale, int bf16, int64_t u0, int64_t u1);
 }
 
 namespace {
@@ -115,6 +118,31 @@ at::Tensor int8_gemv_op(const at::Tensor &x, const at::Tensor &q, const at::Tens
     return y;
 }
 
+// one query token per (batch, KV head) unit: q [B, Hkv, R, D], k and v [B, Hkv, L, D], mask [B, L] bool or none
+at::Tensor attn_decode_op(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v,
+                          const std::optional<at::Tensor> &mask, double scale, int64_t min_split) {
+    const auto dtype = q.scalar_type();
+    TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "attn_decode: fp32 or bf16, got ", dtype);
+    check(q, dtype, "attn_decode q");
+    check(k, dtype, "attn_decode k");
+    check(v, dtype, "attn_decode v");
+    TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() && q.size(0) == k.size(0) &&
+                q.size(1) == k.size(1) && q.size(3) == k.size(3) && q.size(2) <= 16, "attn_decode: shapes");
+    const int64_t b = q.size(0), hkv = q.size(1), r = q.size(2), l = k.size(2), d = q.size(3);
+    const uint8_t *m = nullptr;
+    if (mask) {
+        check(*mask, at::kBool, "attn_decode mask");
+        TORCH_CHECK(mask->numel() == b * l, "attn_decode mask: [B, L] expected");
+        m = in<uint8_t>(*mask);
+    }
+    auto y = at::empty_like(q);
+    split(b * hkv, 1, 2 * r * l * d, min_split, "attn_decode", [&](int64_t a, int64_t e) {
+        return attn_decode(q.const_data_ptr(), k.const_data_ptr(), v.const_data_ptr(), m, y.mutable_data_ptr(), hkv, r,
+                           l, d, (float)scale, dtype == at::kBFloat16, a, e);
+    });
+    return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(compress, m) {
@@ -122,6 +150,7 @@ TORCH_LIBRARY_FRAGMENT(compress, m) {
     m.def("int8_unpack(Tensor q, Tensor scales, int min_split, bool fp32=False) -> Tensor");
     m.def("int4_gemv(Tensor x, Tensor packed, Tensor sz, int n, int min_split, bool generic=False, bool q8=False) -> Tensor");
     m.def("int8_gemv(Tensor x, Tensor q, Tensor scales, int min_split, bool generic=False, bool q8=False) -> Tensor");
+    m.def("attn_decode(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale, int min_split) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(compress, CPU, m) {
@@ -129,4 +158,5 @@ TORCH_LIBRARY_IMPL(compress, CPU, m) {
     m.impl("int8_unpack", &int8_unpack_op);
     m.impl("int4_gemv", &int4_gemv_op);
     m.impl("int8_gemv", &int8_gemv_op);
+    m.impl("attn_decode", &attn_decode_op);
 }

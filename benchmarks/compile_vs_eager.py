@@ -11,7 +11,9 @@ only by default on AVX2 CPUs) off, or on for int8 and int4: their speed and gree
 A mode ending in `/kvcopy` decodes with transformers' own `sdpa` attention, which copies every layer's whole KV
 cache per step for grouped-query heads under compile, instead of the decoder's default `compress_sdpa`; one ending
 in `/guarded` keeps all of dynamo's guards on the decoder (model, cache) that the default step drops; one ending in
-`/atensdpa` runs one-token attention through aten's SDPA instead of the C kernel (`native.attn_decode`).
+`/atensdpa` runs one-token attention through aten's SDPA instead of the C kernel (`native.attn_decode`); one ending
+in `/cppwrap` builds the step with Inductor's C++ wrapper (`cpp_wrapper`: no Python between its kernels; minutes
+more to build).
 
 Each (model, mode) gets its own copy of the model and a `StaticDecoder` (`compile` is the bench's
 default, `torch.compile(fullgraph=True)`; `max` also freezes the weights into the graph and lets
@@ -32,7 +34,7 @@ from pathlib import Path
 import torch
 
 import compress
-from compress.eval import gqa_attention
+from compress.eval import fast_decode, gqa_attention
 from compress.eval.fast_decode import StaticDecoder
 from compress.eval.speed import memory_bytes
 from compress.kernels import native
@@ -80,6 +82,7 @@ def gemv_for(mode: str) -> str:
     mode."""
     native.GEMV_Q8 = {"exact": frozenset(), "q8": frozenset({4, 8})}.get(mode.partition("/")[2], Q8_DEFAULT)
     gqa_attention.NATIVE = not mode.endswith("/atensdpa")
+    fast_decode.EXTRA_OPTIONS = {"cpp_wrapper": True} if mode.endswith("/cppwrap") else {}
     return mode.split("/")[0]
 
 

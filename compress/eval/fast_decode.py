@@ -58,7 +58,7 @@ def compile_step(fn: Callable[..., torch.Tensor], device: torch.device, mode: st
         return torch.compile(fn, mode=preset, fullgraph=True, dynamic=False)
     from torch._inductor import list_mode_options
 
-    options = {**list_mode_options(preset), "guard_filter_fn": _lean_guards}  # torch.compile takes mode or options
+    options = {**list_mode_options(preset), "guard_filter_fn": _lean_guards, **EXTRA_OPTIONS}  # mode or options, not both
     return torch.compile(fn, options=options, fullgraph=True, dynamic=False)
 
 
@@ -73,6 +73,7 @@ def building(mode: str, device: torch.device) -> contextlib.AbstractContextManag
     return inductor.patch(freezing=True)
 
 
+EXTRA_OPTIONS: dict[str, Any] = {}  # more Inductor options for a step built from now on (benchmarks: `cpp_wrapper`)
 _CAN_FILTER_GUARDS = hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe")  # shipped with guard_filter_fn; else all guards
 _BOUND = re.compile(r"\bbound_decoder\b")  # how dynamo names what the step reads through its bound decoder
 

@@ -8,7 +8,8 @@ compiled dequantize and its dynamo frame per call). At decode sizes aten's int4p
 about half the rate a streaming loop does: `csrc/gemv_cpu.c` computes x · Wᵀ from the same layouts with
 AVX512-BF16 dot products (int4) and fp32 FMAs (int8), or generic C loops elsewhere. `csrc/ops.cpp` makes
 them torch operators (`torch.ops.compress.*`: ~2 µs a call through the dispatcher, split over torch's
-threads), so a compiled decode step calls them as they are. The build (~10 s: torch's headers) is cached
+threads), so a compiled decode step calls them as they are. `csrc/attn_decode_cpu.c` is that step's one-token attention
+(`attn_decode`, called from `eval/gqa_attention.py`). The build (~10 s: torch's headers) is cached
 per source, flags, CPU and torch (``COMPRESS_CACHE`` or ~/.cache/compress) and written atomically, so
 concurrent processes share it. ``COMPRESS_NATIVE=0`` turns it off; without compilers (or if the build
 fails) the callers keep their PyTorch path, after one warning.

@@ -280,6 +280,9 @@ def regress(
     device: Optional[str] = typer.Option(None, help="cuda or cpu (default: the baseline's kind)."),
     confirm: int = typer.Option(1, min=0, help="Time again this many times when only latency checks fail, gating each "
                                 "ratio's best run (a real slowdown fails every run; 0: fail on the first)."),
+    reference: Optional[str] = typer.Option(None, help="A git commit: gate latency A/B, timing every entry under that "
+                                            "commit's code and the current code in one run (CPU; steadier than ratios "
+                                            "to the base on a shared machine) instead of by the baseline's stored ratios."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Re-run a baseline's models/recipes and compare; exit 1 on any regression, 0 otherwise."""
@@ -288,7 +291,7 @@ def regress(
 
     tol = {"perplexity": tol_perplexity, "latency": tol_latency, "size": tol_size}
     output_files(("--json", json_out))
-    checks, report = run_regress(baseline, current, device, tol, progress=not quiet, confirm=confirm)
+    checks, report = run_regress(baseline, current, device, tol, progress=not quiet, confirm=confirm, reference=reference)
     typer.echo(regress_table(checks))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

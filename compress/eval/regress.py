@@ -201,8 +201,12 @@ def save_baseline(report: dict[str, Any], path: str | Path, tolerances: dict[str
 
 def regress(baseline_path: str | Path, current_path: str | Path | None = None, device: str | None = None,
             tolerances: dict[str, float | None] | None = None, progress: bool = True,
-            confirm: int = 1) -> tuple[list[Check], dict[str, Any]]:
+            confirm: int = 1, reference: str | None = None) -> tuple[list[Check], dict[str, Any]]:
     """Re-run the baseline's entries with its settings (or read `current_path`) and compare.
+
+    With `reference` (a commit), latency is gated A/B instead of by the stored ratios: every entry is
+    timed under that commit's code and the current code in one run (`ab.ab_checks`); perplexity, sizes
+    and memory are still compared with the baseline's numbers.
 
     The device defaults to the baseline's kind (cpu for a CPU baseline), so ratios stay comparable.
     A latency check that fails is timed again up to `confirm` times (perplexity, sizes and memory
@@ -214,6 +218,8 @@ def regress(baseline_path: str | Path, current_path: str | Path | None = None, d
 
     baseline = load_report(baseline_path)
     tol = tolerances_of(baseline, tolerances)
+    if current_path is not None and reference is not None:
+        raise CompressError("regress: --reference times the current code itself; it cannot gate a --current report")
     if current_path is not None:
         current = load_report(current_path, "results")
         rerun = None
@@ -223,6 +229,13 @@ def regress(baseline_path: str | Path, current_path: str | Path | None = None, d
         dev = pick_device(device or ("cuda" if label == "CUDA" else "cpu"))
         if dev.type.upper() != label:  # fail before minutes of measuring, not after
             raise CompressError(f"regress: baseline was measured on {label}, --device {device!r} is not; compare like with like")
+        if reference is not None:
+            from compress.eval.ab import resolve_commit
+
+            if dev.type != "cpu":
+                raise CompressError(f"regress --reference: A/B timing runs on CPU only (this baseline is {label}); "
+                                    f"omit --reference to gate latency by the stored ratios")
+            resolve_commit(reference)  # an unknown commit fails now, not after minutes of measuring
         entries = locate_entries(baseline["entries"], Path(baseline_path))
 
         def rerun(s: BenchSettings) -> dict[str, Any]:
@@ -238,6 +251,8 @@ def regress(baseline_path: str | Path, current_path: str | Path | None = None, d
     if not checks:
         raise CompressError(f"regress: nothing to compare between {baseline_path} and the current run (no metric "
                             f"present in both); a gate that checks nothing must not pass")
+    if reference is not None and rerun is not None:
+        return _with_ab(baseline, checks, current, settings, reference, tol["latency"], confirm, progress), current
     for attempt in range(confirm if rerun is not None else 0):
         failed = [c for c in checks if not c.ok]
         if not failed or any(not c.metric.startswith(LATENCY) for c in failed):
@@ -250,6 +265,20 @@ def regress(baseline_path: str | Path, current_path: str | Path | None = None, d
 
 
 LATENCY = ("decode_tokens_per_s:", "prefill_ms:")
+
+
+def _with_ab(baseline: dict[str, Any], checks: list[Check], current: dict[str, Any], settings: Any, reference: str,
+             tol: float, confirm: int, progress: bool) -> list[Check]:
+    """The baseline's non-latency checks plus A/B latency checks against `reference` (batch-1 decode, prefill)."""
+    import torch
+
+    from compress.eval.ab import ab_checks
+
+    s = settings.resolved(torch.device("cpu"))
+    cfg = {"threads": s.threads or torch.get_num_threads(), "prompt_len": s.prompt_len, "new_tokens": s.new_tokens,
+           "prefill": list(s.prefill), "mode": s.decode_mode}
+    ab, current["ab"] = ab_checks(baseline["entries"], cfg, reference, tol, confirm, repeats=s.repeats, progress=progress)
+    return [c for c in checks if not c.metric.startswith(LATENCY)] + ab
 
 
 def keep_best_latency(current: dict[str, Any], again: dict[str, Any]) -> None:

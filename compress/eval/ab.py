@@ -1,8 +1,8 @@
 """A/B timing of the current code against a reference revision's code, on the same machine in the same minutes.
 
 Ratios to an fp32 base are not steady on a shared CPU: the base is bound by memory bandwidth, the packed
-models by arithmetic, and the neighbours move the two apart (SmolLM2 int4 ÷ fp32 read 3.1–4.7 round by
-round in one run, 2.3–3.4 between sessions), so a baseline ratio cannot tell a 25% slowdown from another
+models by arithmetic, and the neighbours move the two apart (SmolLM2 int4 ÷ fp32 read 2.85–4.72 round
+by round in one run, 2.3–3.5 between sessions), so a baseline ratio cannot tell a 25% slowdown from another
 host. The same entry under two revisions of the code has the same bottleneck: two worker processes
 (`ab_worker.py`), one per tree, hold their models loaded and compiled and are timed in alternating
 chunks of a few steps (A B B A …), so load drift hits both sides alike.
@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -146,8 +145,6 @@ class ABRun:
     def close(self) -> None:
         for w in self.workers.values():
             w.close()
-
-
 
 
 def worker_entries(entries: list[str], repo: Path = REPO) -> list[str]:

@@ -88,7 +88,7 @@ class Worker:
         if self.proc.poll() is None:
             try:
                 if self.proc.stdin:
-                    self.proc.stdin.write("quit\n")
+                    self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
                     self.proc.stdin.close()
                 self.proc.wait(timeout=30)
             except (OSError, subprocess.TimeoutExpired):

@@ -44,9 +44,11 @@ def timed(ref: Path, cur: Path, model: Path, logs: Path) -> dict:
     try:
         run.decode(6)
         run.prefills(2)
-        return run.summary()
+        summary = run.summary()
     finally:
         run.close()
+    assert [w.proc.returncode for w in run.workers.values()] == [0, 0]  # told to quit, both exit cleanly
+    return summary
 
 
 def test_a_25_percent_slower_tree_fails_and_an_unchanged_copy_passes(tmp_path, tiny_dir):

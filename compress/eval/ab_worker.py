@@ -3,8 +3,8 @@
 Run as a script with the tree under test first on PYTHONPATH, so this one file times the current code
 and a reference revision's code (a tree that may predate this file). It therefore uses only APIs that
 have not changed since the A/B gate began (`iter_entries`, `StaticDecoder`, `speed.prefill_ms`,
-`speed.decode_step_seconds`). Results go out one JSON line a round on the original stdout; anything
-the libraries print goes to stderr, so it cannot corrupt the protocol.
+`speed.decode_step_seconds`). Each answer is one JSON line on the original stdout; anything the
+libraries print goes to stderr, so it cannot corrupt the protocol.
 """
 from __future__ import annotations
 

@@ -155,10 +155,10 @@ def worker_entries(entries: list[str], repo: Path = REPO) -> list[str]:
     out = []
     for e in entries:
         name = split_dtype(e)[0]
-        p = Path(name).resolve()
+        suffix, p = e[len(name):], Path(name).resolve()  # suffix: '@bf16' or ''
         if p.exists():
             name = str(p.relative_to(repo.resolve())) if p.is_relative_to(repo.resolve()) else str(p)
-        out.append(name + e[len(split_dtype(e)[0]):])
+        out.append(name + suffix)
     return out
 
 

@@ -108,7 +108,7 @@ def run(recipe: Recipe | str | Path | dict, model: str | nn.Module | None = None
             net = spec.fn(net, step.config, ctx) or net
         except CompressError as e:
             raise in_pass(e, ctx.where) from None
-        tie_quantized_head(net, ctx.where)
+        tie_quantized_head(net)
         bad = non_finite(net)
         if bad:
             raise CompressError(f"{ctx.where}: produced {bad}; nothing was saved ({nan_hint(step.name)})")

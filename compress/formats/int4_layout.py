@@ -74,6 +74,24 @@ def cpu_unpack(packed: torch.Tensor) -> torch.Tensor:
     return torch.cat(rows) if len(rows) > 1 else rows[0]
 
 
+def cpu_rows(packed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """uint8 codes [len(ids), K] of rows `ids` of the CPU layout, reading only their bytes (a tied embedding's
+    lookup: `cpu_unpack(packed)[ids]` without unpacking the other rows)."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    full = n // BLOCK_N * BLOCK_N
+    ids = ids.to(torch.int64)
+    in_full = ids < full
+    local = torch.where(in_full, ids % BLOCK_N, ids - full)
+    half = BLOCK_N // 2
+    # a full block is k-major with 32 bytes per column (rows j and j + 32); the last block has (n - full) / 2
+    base = torch.where(in_full, ids // BLOCK_N * half * k + local % half, full * k // 2 + local // 2)
+    stride = torch.where(in_full, torch.full_like(ids, half), torch.full_like(ids, max(1, (n - full) // 2)))
+    shift = torch.where(in_full, local // half, local % 2) * 4
+    cols = torch.arange(k, device=packed.device, dtype=torch.int64)
+    byte = packed.reshape(-1)[base.unsqueeze(1) + cols * stride.unsqueeze(1)]
+    return ((byte.to(torch.int64) >> shift.unsqueeze(1)) & 0x0F).to(torch.uint8)
+
+
 def inner_k_tiles(k: int) -> int:
     return 8 if k % 128 == 0 else 4 if k % 64 == 0 else 2
 

@@ -208,6 +208,26 @@ class QuantLinear(PackedLinear):
         return dequant_weight(stored, self.scales, self.zeros, layout, self.qspec.bits,
                               self.qspec.group_for(self.in_features), self.in_features, dtype)
 
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows `ids` (1-D) of `dense_weight(dtype)`, reading only their codes and parameters: a tied embedding's
+        lookup. (tinygemm's CUDA layout has no per-row inverse here: its rows come from the whole unpack.)"""
+        bits, group = self.qspec.bits, self.qspec.group_for(self.in_features)
+        if self.__dict__.get("zeros_in_sz"):
+            from compress.kernels.int4_tinygemm import params_from_sz
+
+            zeros = params_from_sz(self.sz[:, ids], self.scales.shape[1], True)[1]
+        else:
+            zeros = None if self.zeros is None else self.zeros[ids]
+        if bits == 8:
+            stored, layout = self.qweight[ids], "portable"
+        elif self.layout == "cpu_int4":
+            stored, layout = int4_layout.cpu_rows(self.qweight, ids), "codes"
+        elif self.layout == "cuda_tinygemm":
+            stored, layout = self.codes()[ids], "codes"
+        else:
+            stored, layout = unpack_codes(self.qweight[ids], bits), "codes"
+        return dequant_weight(stored, self.scales[ids], zeros, layout, bits, group, self.in_features, dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from compress.kernels import quant_linear
 

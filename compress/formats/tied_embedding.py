@@ -1,26 +1,24 @@
-"""A token embedding that reads its rows from the int8 `lm_head` it is tied to: one packed copy of the matrix.
+"""A token embedding that reads its rows from the packed `lm_head` it is tied to: one packed copy of the matrix.
 
 In models with tied embeddings (SmolLM2: 49,152 × 576, a fifth of the parameters) quantizing only
 `lm_head` would untie it and keep a dense embedding beside the packed head, so memory would grow.
-Here the embedding looks up the head's int8 rows and scales instead (a gather, then the same
-dequantization the prefill path uses): the matrix is stored, saved and moved once, as `lm_head`.
+Here the embedding looks up the head's rows and scales instead (int8, or int4 read straight from the
+kernel's interleaved layout; a gather, then the same dequantization the prefill path uses): the matrix is
+stored, saved and moved once, as `lm_head`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from compress.errors import CompressError
-from compress.formats.quant_linear import QuantLinear, dequant_weight
+from compress.formats.quant_linear import QuantLinear
 
 
 class QuantEmbedding(nn.Module):
-    """ids → dequantized rows of the tied int8 head (the head is referenced, not a submodule: it is saved once)."""
+    """ids → dequantized rows of the tied packed head (the head is referenced, not a submodule: it is saved once)."""
 
     def __init__(self, head: QuantLinear, padding_idx: int | None = None) -> None:
         super().__init__()
-        if head.qspec.bits != 8:
-            raise ValueError("a tied embedding reads int8 rows; the head has " f"{head.qspec.bits} bits")
         object.__setattr__(self, "head", head)  # bypasses nn.Module registration: no second state-dict entry
         self.num_embeddings, self.embedding_dim, self.padding_idx = head.out_features, head.in_features, padding_idx
         # the model's compute dtype, which the head's scales do not follow (they keep the format's dtype): an empty
@@ -28,20 +26,14 @@ class QuantEmbedding(nn.Module):
         self.register_buffer("out_dtype_of", torch.empty(0, dtype=head.scales.dtype), persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        h, flat = self.head, ids.reshape(-1)
-        zeros = None if h.zeros is None else h.zeros[flat]
-        rows = dequant_weight(h.qweight[flat], h.scales[flat], zeros, "portable", 8, h.qspec.group_for(h.in_features),
-                              h.in_features, self.out_dtype_of.dtype)
-        return rows.view(*ids.shape, self.embedding_dim)
+        return self.head.rows(ids.reshape(-1), self.out_dtype_of.dtype).view(*ids.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, tied to an int8 lm_head"
+        return f"{self.num_embeddings}, {self.embedding_dim}, tied to an int{self.head.qspec.bits} lm_head"
 
 
-def tie_quantized_head(model: nn.Module, where: str) -> None:
-    """After a pass: if it quantized the output head of a tied model, make the embedding read the packed head.
-
-    A 4-bit head cannot be tied (its kernel layouts interleave rows): one line saying what to do."""
+def tie_quantized_head(model: nn.Module) -> None:
+    """After a pass: if it quantized the output head of a tied model, make the embedding read the packed head."""
     if not getattr(getattr(model, "config", None), "tie_word_embeddings", False):
         return
     get_out, get_in = getattr(model, "get_output_embeddings", None), getattr(model, "get_input_embeddings", None)
@@ -49,9 +41,6 @@ def tie_quantized_head(model: nn.Module, where: str) -> None:
     emb = get_in() if get_in else None
     if not isinstance(head, QuantLinear) or not isinstance(emb, nn.Embedding):
         return
-    if head.qspec.bits != 8:
-        raise CompressError(f"{where}: lm_head is tied to the token embedding, which reads it row by row: quantize "
-                            f"lm_head with bits: 8 (a separate step targeting lm_head), or leave it in ignore")
     model.set_input_embeddings(QuantEmbedding(head, emb.padding_idx))
 
 

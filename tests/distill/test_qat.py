@@ -54,3 +54,16 @@ def test_latent_weights_sit_in_the_same_rounding_bins():
     assert torch.equal(fq.to_quant_linear().qweight, q.qweight)  # so the codes are unchanged
     other = FakeQuantLinear(q, latent=torch.randn(12, 40))  # not this layer's weight: ignored
     assert torch.equal(other.weight, q.dense_weight())
+
+
+def test_a_rescaled_latent_is_not_taken_for_the_weight():
+    """After AWQ the packed weight is W·diag(s) with s ≈ 0.5–2 per input channel; the teacher's W is then no
+    latent for it (its norm is close, its bins are not)."""
+    spec = QuantSpec(4, 16, False)
+    torch.manual_seed(0)
+    lin = nn.Linear(40, 12)
+    scaled = lin.weight.detach() * torch.empty(40).uniform_(0.5, 2.0)
+    q = QuantLinear.from_codes(*rtn_quantize(scaled, spec), spec, 40, lin.bias, torch.float32)
+    assert float((lin.weight - q.dense_weight()).norm()) < 0.5 * float(q.dense_weight().norm())  # the old test's pass
+    assert torch.equal(FakeQuantLinear(q, latent=lin.weight).weight, q.dense_weight())
+    assert not torch.equal(FakeQuantLinear(q, latent=scaled).weight, q.dense_weight())  # its own weight still is

@@ -23,6 +23,7 @@ FORMATS = {
     "int4-g64": [{"rtn": {"bits": 4, "group_size": 64, "symmetric": False}}],
     "int4-g64+int8-tied-head": [{"rtn": {"bits": 4, "group_size": 64, "symmetric": False}},
                                 {"rtn": {"bits": 8, "targets": ["lm_head"], "ignore": []}}],
+    "int4-g64+int4-tied-head": [{"rtn": {"bits": 4, "group_size": 64, "symmetric": False, "ignore": []}}],
     "int4-g128": [{"rtn": {"bits": 4, "group_size": 128, "symmetric": True}}],
     "int4-per-channel": [{"rtn": {"bits": 4, "group_size": -1, "symmetric": False}}],
     "sparse-2:4": [{"magnitude": {"pattern": "2:4"}}],
@@ -31,7 +32,8 @@ FORMATS = {
 
 
 def compressed(name: str, tokenizer, text_file) -> torch.nn.Module:
-    model = make_model(hidden=128, layers=1, heads=4, kv_heads=2, ffn=256)  # K = 128 / 256: every group size fits
+    # K = 128 / 256: every group size fits; vocab 336 = 5 blocks of 64 rows and one of 16 (an int4 head's CPU layout)
+    model = make_model(hidden=128, layers=1, heads=4, kv_heads=2, ffn=256, vocab=336)
     if FORMATS[name]:
         recipe = {"passes": FORMATS[name], "calibration": {"source": str(text_file), "samples": 2, "seq_len": 32}}
         model = compress.run(recipe, model, tokenizer=tokenizer, progress=False).model

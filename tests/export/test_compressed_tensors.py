@@ -41,6 +41,7 @@ CASES = {  # name: (passes, make_model kwargs); ffn 192 tiles groups of 32 and 6
     "mixed-sym": ([{"rtn": {"bits": 4, "group_size": 32, **SYM, "targets": ["*.mlp.*"]}},
                    {"rtn": {"bits": 8, "group_size": -1, **SYM, "targets": ["*.self_attn.*"]}}], {}),
     "int8-head-tied": ([{"rtn": {"bits": 8, "group_size": -1, **SYM, "ignore": []}}], {}),
+    "int4-head-tied": ([{"rtn": {"bits": 4, "group_size": 64, **ASYM, "ignore": []}}], {"vocab": 320}),  # CPU layout
     "int4-asym+int8-head": ([{"rtn": {"bits": 4, "group_size": 64, **ASYM}},  # recipes/int4-rtn.yaml's shape
                              {"rtn": {"bits": 8, "group_size": -1, **SYM, "targets": ["lm_head"], "ignore": []}}], {}),
 }

@@ -28,9 +28,11 @@ CASES = {  # name: (passes, make_model kwargs, GGUF type of the decoder linears)
     "int4-g64-padded": ([INT4_G64], {"hidden": 96}, "Q4_1"),  # K = 96: groups padded to 128, blocks are not
     "int4-untied": ([INT4_G64], {"tied": False}, "Q4_1"),
     "int8-head-tied": ([{"rtn": {"bits": 8, "group_size": -1, "symmetric": True, "ignore": []}}], {}, "Q8_0"),
+    "int4-head-tied": ([{**INT4_G64, "rtn": {**INT4_G64["rtn"], "ignore": []}}], {"vocab": 320}, "Q4_1"),  # CPU layout
     "2of4": ([{"magnitude": {"sparsity": 0.5, "pattern": "2:4"}}], {}, "F32"),
 }
-LOGIT_CASES = ["int8", "int4-g64", "int4-g32-sym", "int4-g64-padded", "int4-untied", "int8-head-tied", "2of4"]
+LOGIT_CASES = ["int8", "int4-g64", "int4-g32-sym", "int4-g64-padded", "int4-untied", "int8-head-tied", "int4-head-tied",
+               "2of4"]
 
 
 def _model(kw: dict) -> torch.nn.Module:
@@ -119,8 +121,9 @@ def test_transformers_reads_the_gguf_with_the_checkpoints_logits(exported, case)
     x = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(0))  # 80 rows: ours runs fp32 dequant
     with torch.no_grad():
         ref, got = ours(x).logits, plain(x).logits
-    # only the fp16 block parameters differ (≤ 2^-11 relative); a wrong code, nibble or row is ~100× more
-    torch.testing.assert_close(got, ref, rtol=0, atol=1e-3)
+    # only the fp16 block parameters differ (≤ 2^-11 relative); a wrong code, nibble or row is ~100× more. A Q4_1
+    # tied embedding adds its rounded block minimums (m = −z·s, up to 15 steps) at the input as well.
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-3 if case == "int4-head-tied" else 1e-3)
     base = _model(CASES[case][1])(x).logits.detach()
     assert (got - base).abs().max() > 5 * (got - ref).abs().max()  # the compressed weights, not the original ones
 
@@ -147,6 +150,7 @@ def test_metadata_and_tokenizer(exported, tokenizer):
     assert "output.weight" not in tensors and tensors["token_embd.weight"][0] == "F32"  # tied: llama.cpp reuses token_embd
     assert "output.weight" in _read(exported["int4-untied"] / "gguf" / "model.gguf")[0]
     assert _read(exported["int8-head-tied"] / "gguf" / "model.gguf")[0]["token_embd.weight"][0] == "Q8_0"
+    assert _read(exported["int4-head-tied"] / "gguf" / "model.gguf")[0]["token_embd.weight"][0] == "Q4_1"
 
 
 def test_transformers_rebuilds_the_tokenizer_from_the_gguf(exported, tokenizer):

@@ -30,6 +30,14 @@ def test_cpu_pack_is_atens_layout_and_unpack_inverts_it(nk):
     assert torch.equal(L.cpu_unpack(packed), codes)
 
 
+@pytest.mark.parametrize("nk", SHAPES)
+def test_cpu_rows_reads_single_rows_of_full_and_short_blocks(nk):
+    """A tied embedding's lookup, against the codes that were packed (every row, shuffled, some twice)."""
+    codes = torch.randint(0, 16, nk, dtype=torch.uint8, generator=torch.Generator().manual_seed(nk[1]))
+    ids = torch.cat([torch.randperm(nk[0]), torch.tensor([0, nk[0] - 1, 0])])
+    assert torch.equal(L.cpu_rows(L.cpu_pack(codes), ids), codes[ids])
+
+
 def test_layout_probe_follows_the_cpu_kernels_torch_runs():
     """Read off torch's own dispatch level, not the converter the probe calls."""
     assert L.aten_cpu_layout_matches() == (torch.backends.cpu.get_cpu_capability() != "AVX2")

@@ -1,4 +1,4 @@
-"""Tied embedding + int8 head: one packed copy of the matrix serves both, against the original weights."""
+"""Tied embedding + packed (int8 or int4) head: one packed copy of the matrix serves both, against the original weights."""
 from __future__ import annotations
 
 import copy
@@ -15,10 +15,13 @@ from tests.conftest import make_model
 
 HEAD8 = {"rtn": {"bits": 8, "targets": ["lm_head"], "ignore": []}}
 INT4 = {"rtn": {"bits": 4, "group_size": 32, "symmetric": False}}
+HEAD4 = {"rtn": {"bits": 4, "group_size": 32, "symmetric": False, "targets": ["lm_head"], "ignore": []}}
+VOCAB4 = 336  # 5 full blocks of 64 rows and a last block of 16 in the CPU int4 layout (N % 16 = 0 lets it run)
 
 
-def quantized(passes: list[dict], tied: bool = True, tokenizer=None, out=None) -> tuple[nn.Module, nn.Module]:
-    base = make_model(tied=tied)
+def quantized(passes: list[dict], tied: bool = True, tokenizer=None, out=None,
+              vocab: int = 300) -> tuple[nn.Module, nn.Module]:
+    base = make_model(tied=tied, vocab=vocab)
     res = compress.run({"passes": passes}, copy.deepcopy(base), tokenizer=tokenizer, out=out, progress=False)
     return base, res.model
 
@@ -64,9 +67,23 @@ def test_moves_and_copies_keep_the_tie():
     assert moved.get_input_embeddings()(torch.tensor([[3]])).dtype == torch.bfloat16
 
 
-def test_a_4bit_tied_head_is_refused_by_name():
-    with pytest.raises(compress.CompressError, match="lm_head is tied.*bits: 8"):
-        quantized([{"rtn": {"bits": 4, "group_size": 32, "targets": ["lm_head"], "ignore": []}}])
+@pytest.mark.parametrize("device_layout", ["cpu_int4", "portable"])
+def test_int4_head_rows_are_the_original_rows_within_half_a_step(device_layout, tmp_path, tokenizer):
+    """Rows read from the kernel's interleaved layout (full blocks and the short last one) or the portable one."""
+    base, model = quantized([HEAD4], vocab=VOCAB4, tokenizer=tokenizer, out=tmp_path / "ck")
+    head, emb = model.lm_head, model.get_input_embeddings()
+    assert isinstance(emb, QuantEmbedding) and emb.head is head and head.layout == "cpu_int4"
+    head.set_layout(device_layout)
+    ids = torch.tensor([[0, 63, 64, 319, 1], [320, 335, 327, 97, 40]])  # first/last of a block, the short block
+    want = base.get_input_embeddings().weight[ids]
+    got = emb(ids)
+    step = head.scales.repeat_interleave(32, dim=1)[ids]  # each weight's group scale
+    assert got.shape == want.shape
+    assert bool(((got - want).abs() <= step / 2 + 1e-6).all())
+    assert (got - want).abs().max() > 0  # really quantized, not the dense rows
+    loaded = compress.load(tmp_path / "ck", device="cpu", dtype=torch.float32)
+    assert loaded.get_input_embeddings().head is loaded.lm_head and loaded.lm_head.qspec.bits == 4
+    torch.testing.assert_close(loaded.get_input_embeddings()(ids), got, rtol=0, atol=0)
 
 
 def test_untied_models_keep_their_dense_embedding():

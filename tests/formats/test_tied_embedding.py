@@ -84,6 +84,11 @@ def test_int4_head_rows_are_the_original_rows_within_half_a_step(device_layout, 
     loaded = compress.load(tmp_path / "ck", device="cpu", dtype=torch.float32)
     assert loaded.get_input_embeddings().head is loaded.lm_head and loaded.lm_head.qspec.bits == 4
     torch.testing.assert_close(loaded.get_input_embeddings()(ids), got, rtol=0, atol=0)
+    # bf16: scales and zero points live only in the kernel's table (`zeros_in_sz`), read back per row; a wrong row of
+    # the table is whole steps off, bf16 rounding of scales and values a few hundredths of one
+    bf = copy.deepcopy(model).to(torch.bfloat16)  # a move re-stores the head in its device's kernel layout
+    assert bf.lm_head.layout == "cpu_int4" and bf.lm_head.__dict__.get("zeros_in_sz")
+    torch.testing.assert_close(bf.get_input_embeddings()(ids).float(), got, rtol=2 ** -7, atol=float(step.max()) / 16)
 
 
 def test_untied_models_keep_their_dense_embedding():

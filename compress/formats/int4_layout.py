@@ -85,7 +85,7 @@ def cpu_rows(packed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     half = BLOCK_N // 2
     # a full block is k-major with 32 bytes per column (rows j and j + 32); the last block has (n - full) / 2
     base = torch.where(in_full, ids // BLOCK_N * half * k + local % half, full * k // 2 + local // 2)
-    stride = torch.where(in_full, torch.full_like(ids, half), torch.full_like(ids, max(1, (n - full) // 2)))
+    stride = torch.where(in_full, half, max(1, (n - full) // 2))
     shift = torch.where(in_full, local // half, local % 2) * 4
     cols = torch.arange(k, device=packed.device, dtype=torch.int64)
     byte = packed.reshape(-1)[base.unsqueeze(1) + cols * stride.unsqueeze(1)]

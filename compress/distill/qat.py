@@ -26,9 +26,9 @@ class FakeQuantLinear(nn.Module):
         self.store_dtype = src.scales.dtype
         w = src.dense_weight().float()
         step = expand_groups(src.scales.float(), self.in_features, self.qspec)
-        if latent is not None and _same_weight(latent.detach().float().to(w.device), w, step):
-            half = 0.499 * step
-            w = w + (latent.detach().float().to(w.device) - w).clamp(-half, half)
+        latent = None if latent is None else latent.detach().float().to(w.device)
+        if latent is not None and _same_weight(latent, w, step):
+            w = w + (latent - w).clamp(-0.499 * step, 0.499 * step)
         self.weight = nn.Parameter(w)
         self.register_buffer("scales", src.scales.detach().float().clone())
         self.register_buffer("zero_points", src.zero_points().detach().float().clone())

@@ -195,7 +195,7 @@ def quantization_config(groups: dict[QuantSpec, list[str]], ignore: list[str]) -
 
 def _untie_quantized_head(model: nn.Module, dtype: torch.dtype) -> None:
     """compressed-tensors cannot share a packed lm_head with the embedding: untie them, and where the embedding
-    reads the int8 head's rows (a tied QuantEmbedding, no weight of its own) write those rows as a dense embedding."""
+    reads the packed head's rows (a tied QuantEmbedding, no weight of its own) write those rows as a dense embedding."""
     if not getattr(model.config, "tie_word_embeddings", False) or not hasattr(model, "get_output_embeddings"):
         return
     if not isinstance(model.get_output_embeddings(), QuantLinear):
@@ -209,8 +209,8 @@ def _untie_quantized_head(model: nn.Module, dtype: torch.dtype) -> None:
 
 
 def _head_goes_dense(model: nn.Module) -> bool:
-    """A tied int8 head beside an asymmetric grid would be a second grid, which transformers cannot load
-    (`_one_grid_if_asymmetric`): such a head is written as its int8 values in a dense, still tied, embedding."""
+    """A tied packed head on a grid of its own beside an asymmetric grid would be a second grid, which transformers
+    cannot load (`_one_grid_if_asymmetric`): such a head is written as its values in a dense, still tied, embedding."""
     heads = set(tied_names(model).values())
     rest = [m.qspec for n, m in _quantized(model).items() if n not in heads]
     return bool(heads) and any(not s.symmetric for s in rest) and any(
@@ -218,7 +218,7 @@ def _head_goes_dense(model: nn.Module) -> bool:
 
 
 def _densify_tied_head(model: nn.Module, dtype: torch.dtype) -> dict[str, str]:
-    """Embedding and lm_head as one dense matrix holding the int8 head's values: the same function as ours."""
+    """Embedding and lm_head as one dense matrix holding the packed head's values: the same function as ours."""
     (name,) = tied_names(model).values()
     emb = model.get_input_embeddings()
     rows = emb.head.dense_weight().to(dtype)
@@ -227,7 +227,7 @@ def _densify_tied_head(model: nn.Module, dtype: torch.dtype) -> dict[str, str]:
     lin = nn.Linear(rows.shape[1], rows.shape[0], bias=False, dtype=dtype)
     lin.weight = dense.weight
     set_module(model, name, lin)
-    return {name: "dense (tied int8 head's values: an asymmetric export holds one grid)"}
+    return {name: "dense (tied packed head's values: an asymmetric export holds one grid)"}
 
 
 def write(model: nn.Module, tokenizer: Any, out: Path) -> dict[str, str]:
